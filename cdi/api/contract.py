@@ -12,6 +12,7 @@ OOM) counts as a temporary failure.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import os
@@ -318,8 +319,6 @@ def _atomic_write(path: str, text: str) -> None:
             f.write(text)
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise

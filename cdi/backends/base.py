@@ -85,6 +85,10 @@ class WorkerRunner(Protocol):
         """Kill the worker if it runs; keep its files (log, result)."""
         ...
 
+    def clear(self, name: str) -> None:
+        """Forget a finished run (its pid, result and progress) but keep its log."""
+        ...
+
     def delete(self, name: str) -> None:
         """Stop it and remove its files."""
         ...

@@ -1,0 +1,250 @@
+"""Stream layers: counting/hashing of the bytes as served, a replayable head, decompression.
+
+Every layer implements ``cdi.datapath.source.Stream`` (``readinto`` + ``close``), so the
+processor stacks them: source stream -> Metered (count, hash) -> Peek (sniff) -> decoder ->
+Peek -> ... Decoders turn codec failures into ``PermanentError(InvalidImage)`` and let the
+source's own ``TemporaryError``/``PermanentError`` through unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import subprocess
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from cdi.api.contract import Reason
+from cdi.common.errors import CDIError, PermanentError
+from cdi.datapath import formats
+from cdi.datapath.source import Stream
+
+log = logging.getLogger(__name__)
+
+CHUNK = 4 << 20
+
+
+def invalid(what: str, err: BaseException | str) -> PermanentError:
+    return PermanentError(f"{what}: {err}; the image is corrupt or truncated", reason=Reason.INVALID_IMAGE)
+
+
+def parse_checksum(spec: str) -> tuple[str, str]:
+    """``"sha256:abcd..."`` -> ("sha256", "abcd..."); PermanentError(ConfigError) otherwise."""
+    algo, sep, digest = spec.partition(":")
+    algo = algo.strip().lower()
+    digest = digest.strip().lower()
+    if not sep or algo not in hashlib.algorithms_guaranteed or not digest:
+        raise PermanentError(
+            f"checksum {spec!r} is not valid; write <algorithm>:<hex digest>, e.g. sha256:<64 hex digits>",
+            reason=Reason.CONFIG_ERROR,
+        )
+    try:
+        int(digest, 16)
+    except ValueError:
+        raise PermanentError(f"checksum digest {digest!r} is not hexadecimal", reason=Reason.CONFIG_ERROR) from None
+    return algo, digest
+
+
+class Metered:
+    """Counts (and optionally hashes) the bytes as served; calls ``on_bytes(total)`` per read."""
+
+    def __init__(
+        self, inner: Stream, start: int = 0, hasher: Any = None, on_bytes: Callable[[int], None] | None = None
+    ) -> None:
+        self.inner = inner
+        self.count = start
+        self.hasher = hasher
+        self.on_bytes = on_bytes
+
+    def readinto(self, buf: memoryview) -> int:
+        n = self.inner.readinto(buf)
+        if n:
+            if self.hasher is not None:
+                self.hasher.update(buf[:n])
+            self.count += n
+            if self.on_bytes is not None:
+                self.on_bytes(self.count)
+        return n
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class Peek:
+    """Reads the first ``size`` bytes (fewer at end of stream) and replays them before the rest."""
+
+    def __init__(self, inner: Stream, size: int = formats.HEAD_SIZE) -> None:
+        self.inner = inner
+        head = bytearray(size)
+        view = memoryview(head)
+        got = 0
+        while got < size:
+            n = inner.readinto(view[got:])
+            if n == 0:
+                break
+            got += n
+        self.head = bytes(view[:got])
+        self._pos = 0
+
+    def readinto(self, buf: memoryview) -> int:
+        if self._pos < len(self.head):
+            n = min(len(buf), len(self.head) - self._pos)
+            buf[:n] = self.head[self._pos : self._pos + n]
+            self._pos += n
+            return n
+        return self.inner.readinto(buf)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class _FileAdapter(io.RawIOBase):
+    """A Stream as a read-only raw file object, for codecs that want ``read``."""
+
+    def __init__(self, stream: Stream) -> None:
+        self.stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        return self.stream.readinto(memoryview(buf).cast("B"))
+
+
+class GzipStream:
+    """gzip (all members) with ISA-L's inflate."""
+
+    def __init__(self, inner: Stream) -> None:
+        from isal import igzip
+
+        self.inner = inner
+        self._file = igzip.GzipFile(fileobj=io.BufferedReader(_FileAdapter(inner), CHUNK), mode="rb")
+
+    def readinto(self, buf: memoryview) -> int:
+        try:
+            return self._file.readinto(buf)
+        except CDIError:
+            raise
+        except (OSError, EOFError, ValueError) as e:
+            raise invalid("gz data cannot be decompressed", e) from e
+
+    def close(self) -> None:
+        try:
+            self._file.close()
+        finally:
+            self.inner.close()
+
+
+class ZstdStream:
+    """zstd (all frames) with the ``zstandard`` binding."""
+
+    def __init__(self, inner: Stream) -> None:
+        import zstandard
+
+        self.inner = inner
+        self._reader = zstandard.ZstdDecompressor(max_window_size=1 << 31).stream_reader(
+            _FileAdapter(inner), read_size=1 << 20, read_across_frames=True, closefd=False
+        )
+        self._error = zstandard.ZstdError
+
+    def readinto(self, buf: memoryview) -> int:
+        try:
+            return int(self._reader.readinto(buf))
+        except CDIError:
+            raise
+        except (self._error, OSError, ValueError) as e:
+            raise invalid("zst data cannot be decompressed", e) from e
+
+    def close(self) -> None:
+        try:
+            self._reader.close()
+        finally:
+            self.inner.close()
+
+
+class XzStream:
+    """xz through ``xz -d -T2`` (multi-threaded for multi-block files), fed by a thread."""
+
+    def __init__(self, inner: Stream, threads: int = 2) -> None:
+        self.inner = inner
+        self._proc = subprocess.Popen(
+            ["xz", "-d", "-c", f"-T{threads}", "-q", "--memlimit=1GiB"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            bufsize=0,
+        )
+        self._feed_error: BaseException | None = None
+        self._feeder = threading.Thread(target=self._feed, name="xz-feed", daemon=True)
+        self._feeder.start()
+
+    def _feed(self) -> None:
+        assert self._proc.stdin is not None
+        buf = bytearray(1 << 20)
+        view = memoryview(buf)
+        try:
+            while True:
+                n = self.inner.readinto(view)
+                if n == 0:
+                    break
+                self._proc.stdin.write(view[:n])
+        except BrokenPipeError:
+            pass  # xz stopped (bad data or close()); readinto reports its error
+        except BaseException as e:
+            self._feed_error = e
+        finally:
+            try:
+                self._proc.stdin.close()
+            except OSError:
+                pass
+
+    def readinto(self, buf: memoryview) -> int:
+        assert self._proc.stdout is not None
+        n = self._proc.stdout.readinto(buf)
+        if n:
+            return n
+        self._feeder.join()
+        if self._feed_error is not None:
+            raise self._feed_error
+        assert self._proc.stderr is not None
+        err = self._proc.stderr.read().decode(errors="replace").strip()
+        rc = self._proc.wait()
+        if rc != 0:
+            raise invalid("xz data cannot be decompressed", err or f"xz exited with {rc}")
+        return 0
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait()
+        for f in (self._proc.stdout, self._proc.stderr):
+            if f is not None:
+                f.close()
+        self.inner.close()
+        self._feeder.join(timeout=5)
+
+
+DECODERS: dict[str, Callable[[Stream], Stream]] = {
+    formats.GZ: GzipStream,
+    formats.XZ: XzStream,
+    formats.ZST: ZstdStream,
+}
+
+
+def peel(stream: Stream, max_layers: int = 4) -> tuple[Peek, list[str], str]:
+    """Strip compression layers while streaming; returns (stream, layers, inner format)."""
+    layers: list[str] = []
+    top = Peek(stream)
+    fmt = formats.sniff(top.head)
+    while fmt in formats.COMPRESSIONS:
+        if len(layers) >= max_layers:
+            raise PermanentError(
+                f"more than {max_layers} nested compression layers ({'+'.join(layers)}); refusing",
+                reason=Reason.INVALID_IMAGE,
+            )
+        layers.append(fmt)
+        top = Peek(DECODERS[fmt](top))
+        fmt = formats.sniff(top.head)
+    return top, layers, fmt
