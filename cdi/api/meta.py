@@ -194,7 +194,7 @@ class Reader:
     def any_obj(self, key: str) -> dict[str, Any] | None:
         """A free-form object, kept as is (deep-copied)."""
         m = self.obj(key)
-        return _deepcopy(m) if m is not None else None
+        return deep_copy(m) if m is not None else None
 
     def objlist(self, key: str) -> list[dict[str, Any]]:
         v = self.d.get(key)
@@ -207,11 +207,11 @@ class Reader:
         for i, item in enumerate(v):
             m = as_mapping(item, f"{self.at(key)}[{i}]", self.errs)
             if m is not None:
-                out.append(_deepcopy(m))
+                out.append(deep_copy(m))
         return out
 
 
-def _deepcopy(m: Mapping[str, Any]) -> dict[str, Any]:
+def deep_copy(m: Mapping[str, Any]) -> dict[str, Any]:
     def copy(v: Any) -> Any:
         if isinstance(v, Mapping):
             return {str(k): copy(x) for k, x in v.items()}
@@ -345,7 +345,7 @@ class ObjectMeta:
         if self.finalizers:
             out["finalizers"] = list(self.finalizers)
         if self.owner_references:
-            out["ownerReferences"] = [_deepcopy(o) for o in self.owner_references]
+            out["ownerReferences"] = [deep_copy(o) for o in self.owner_references]
         for k, v in self.extra.items():
             out[k] = _copy_any(v)
         return out
@@ -353,7 +353,7 @@ class ObjectMeta:
 
 def _copy_any(v: Any) -> Any:
     if isinstance(v, Mapping):
-        return _deepcopy(v)
+        return deep_copy(v)
     if isinstance(v, list):
         return [_copy_any(x) for x in v]
     return v

@@ -26,7 +26,7 @@ import os
 import shutil
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from cdi.api import annotations as ann
 from cdi.api import conditions as cond
@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 DV = "DataVolume"
 PVC = "PersistentVolumeClaim"
-SUPPORTED_SOURCES = ("http", "blank")
+IMPORT_SOURCES = ("http", "blank")
 COMPONENT = "datavolume-controller"
 
 # Controller-owned claim annotations for retries (persisted so that a restart keeps them).
@@ -64,9 +64,27 @@ class Context:
     config: Config
 
 
+class SourceHandler(Protocol):
+    """Populates a bound claim for one kind of source (import, upload, ...)."""
+
+    def sync(
+        self, dv: Obj, status: dict[str, Any], pvc: Obj, vol: VolumeInfo, req: StorageRequest, kind: str
+    ) -> float | None:
+        """Drive the population; update ``status`` in place; return seconds to requeue."""
+        ...
+
+    def finalize(self, dv: Obj) -> None:
+        """The DataVolume is being deleted: stop and remove what this handler started."""
+        ...
+
+
 class DataVolumeController:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
+        self.handlers: dict[str, SourceHandler] = {}
+        importer = ImportHandler(self)
+        for kind in IMPORT_SOURCES:
+            self.handlers[kind] = importer
 
     # -- entry point -----------------------------------------------------------------------
 
@@ -115,11 +133,12 @@ class DataVolumeController:
 
         source = spec.get("source") or {}
         kind = next(iter(source), None) if source else ("sourceRef" if spec.get("sourceRef") else None)
-        if kind not in SUPPORTED_SOURCES:
+        handler = self.handlers.get(kind or "")
+        if handler is None:
             self._fail(
                 dv, status, cond.REASON_NOT_SUPPORTED,
                 f"source {kind} is not supported yet by this controller (supported: "
-                f"{', '.join(SUPPORTED_SOURCES)}); use spec.source.http with a URL to the image instead",
+                f"{', '.join(sorted(self.handlers))}); use spec.source.http with a URL to the image instead",
             )
             return None
 
@@ -130,7 +149,7 @@ class DataVolumeController:
         status["conditions"] = cond.set_condition(
             status["conditions"], cond.BOUND, cond.TRUE, cond.REASON_BOUND, f"PVC {name} Bound", now
         )
-        return self._sync_worker(dv, status, pvc, vol, req, kind)
+        return handler.sync(dv, status, pvc, vol, req, kind)
 
     def _sync_worker(
         self, dv: Obj, status: dict[str, Any], pvc: Obj, vol: VolumeInfo, req: StorageRequest, kind: str
@@ -462,8 +481,8 @@ class DataVolumeController:
     def _finalize(self, dv: Obj) -> None:
         md = dv["metadata"]
         ns, name = md["namespace"], md["name"]
-        self.ctx.workers.delete(worker_name(ns, name))
-        self._cleanup_scratch(worker_name(ns, name))
+        for handler in {id(h): h for h in self.handlers.values()}.values():
+            handler.finalize(dv)
         pvc = self.ctx.store.get(PVC, ns, name)
         if pvc is not None and any(o.get("uid") == md["uid"] for o in pvc["metadata"].get("ownerReferences") or []):
             with contextlib.suppress(NotFoundError):
@@ -473,6 +492,24 @@ class DataVolumeController:
         if cur is not None:
             cur["metadata"]["finalizers"] = [f for f in cur["metadata"].get("finalizers") or [] if f != ann.DV_FINALIZER]
             self.ctx.store.update(cur, check_rv=False)
+
+
+class ImportHandler:
+    """Sources read by an importer worker (http, blank; registry, s3, ... later)."""
+
+    def __init__(self, controller: DataVolumeController) -> None:
+        self.controller = controller
+
+    def sync(
+        self, dv: Obj, status: dict[str, Any], pvc: Obj, vol: VolumeInfo, req: StorageRequest, kind: str
+    ) -> float | None:
+        return self.controller._sync_worker(dv, status, pvc, vol, req, kind)
+
+    def finalize(self, dv: Obj) -> None:
+        md = dv["metadata"]
+        wname = worker_name(md["namespace"], md["name"])
+        self.controller.ctx.workers.delete(wname)
+        self.controller._cleanup_scratch(wname)
 
 
 def bind_claim(store: Store, pvc: Obj, vol: VolumeInfo) -> Obj:

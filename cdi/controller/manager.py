@@ -30,8 +30,9 @@ class Manager:
     def __init__(self, ctx: Context, tick: float = 0.2) -> None:
         self.ctx = ctx
         self.tick = tick
+        self.datavolumes = DataVolumeController(ctx)
         self.reconcilers: dict[str, Reconcile] = {
-            DV: DataVolumeController(ctx).reconcile,
+            DV: self.datavolumes.reconcile,
             PVC: ClaimController(ctx).reconcile,
         }
         self._due: dict[tuple[str, str, str], float] = {}

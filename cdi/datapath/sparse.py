@@ -1,0 +1,287 @@
+"""Sparse-aware targets and the streaming pump (reader thread -> bounded queue -> writer).
+
+A target is a regular file (holes come from truncating it to its final size first) or a block
+device (zero ranges are punched/zeroed with fallocate or BLKZEROOUT, never written as zero
+buffers). The pump reads a stream into a small pool of reused buffers on a thread, and the
+caller's thread detects zero segments, coalesces them, pwrites the data, and syncs in bounded
+steps so the page cache does not balloon.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import logging
+import os
+import queue
+import stat
+import struct
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from cdi.datapath.source import Stream
+
+log = logging.getLogger(__name__)
+
+CHUNK = 4 << 20  # bytes per read; a multiple of SEGMENT
+SEGMENT = 64 << 10  # zero-detection granularity
+POOL = 4  # buffers in flight (POOL * CHUNK bounds the pump's memory)
+SYNC_STEP = 256 << 20  # fdatasync at least this often (bytes of output offset)
+WRITEBACK_STEP = 32 << 20  # start writeback of this much at a time
+
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+FALLOC_FL_ZERO_RANGE = 0x10
+BLKGETSIZE64 = 0x80081272
+BLKZEROOUT = 0x127F
+SYNC_FILE_RANGE_WRITE = 2
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+_libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+
+
+def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    if _libc.fallocate(fd, mode, offset, length) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Ask the kernel to start writing a range back now (non-blocking; best effort)."""
+    _libc.sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE)
+
+
+def device_size(fd: int) -> int:
+    try:
+        buf = fcntl.ioctl(fd, BLKGETSIZE64, b"\0" * 8)
+        return int(struct.unpack("Q", buf)[0])
+    except OSError:
+        return os.lseek(fd, 0, os.SEEK_END)
+
+
+def allocated_bytes(path: str) -> int:
+    return os.stat(path).st_blocks * 512
+
+
+class Target:
+    """Where the decoded image goes: ``write`` data, ``zero`` ranges, ``sync`` durably."""
+
+    def __init__(self, path: str, fd: int, size: int, is_block: bool, prezeroed: bool, preallocated: bool) -> None:
+        self.path = path
+        self.fd = fd
+        self.size = size
+        self.is_block = is_block
+        self.prezeroed = prezeroed  # a freshly truncated file reads zeros everywhere
+        self.preallocated = preallocated
+        self.data_bytes = 0
+        self._synced_to = 0
+        self._writeback_from = 0
+        self._zero_fallback_logged = False
+
+    @classmethod
+    def create_file(cls, path: str, size: int, preallocate: bool = False) -> Target:
+        """A new file of ``size`` bytes (all holes, or allocated if ``preallocate``)."""
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o660)
+        try:
+            os.ftruncate(fd, size)
+            if preallocate and size:
+                fallocate(fd, 0, 0, size)
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(path, fd, size, is_block=False, prezeroed=True, preallocated=preallocate)
+
+    @classmethod
+    def open_block(cls, path: str, preallocate: bool = False) -> Target:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        if not stat.S_ISBLK(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise OSError(errno.ENOTBLK, f"{path} is not a block device")
+        return cls(path, fd, device_size(fd), is_block=True, prezeroed=False, preallocated=preallocate)
+
+    def write(self, offset: int, data: memoryview) -> None:
+        end = offset + len(data)
+        while offset < end:
+            n = os.pwrite(self.fd, data[len(data) - (end - offset) :], offset)
+            offset += n
+        self.data_bytes += len(data)
+        self._bounded_sync(end)
+
+    def zero(self, offset: int, length: int) -> None:
+        """Make [offset, offset+length) read as zeros without writing zero buffers if possible."""
+        if length <= 0 or self.prezeroed:
+            return
+        if self.is_block:
+            mode = FALLOC_FL_ZERO_RANGE if self.preallocated else FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+            try:
+                fallocate(self.fd, mode, offset, length)
+                return
+            except OSError:
+                pass
+            try:
+                fcntl.ioctl(self.fd, BLKZEROOUT, struct.pack("QQ", offset, length))
+                return
+            except OSError:
+                pass
+        else:
+            try:
+                fallocate(self.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length)
+                return
+            except OSError:
+                pass
+        if not self._zero_fallback_logged:
+            log.warning("%s: cannot punch or zero ranges; writing zeros", self.path)
+            self._zero_fallback_logged = True
+        zeros = bytes(min(length, 32 << 20))
+        end = offset + length
+        while offset < end:
+            n = min(len(zeros), end - offset)
+            os.pwrite(self.fd, memoryview(zeros)[:n], offset)
+            offset += n
+
+    def _bounded_sync(self, end: int) -> None:
+        if end - self._writeback_from >= WRITEBACK_STEP:
+            start_writeback(self.fd, self._writeback_from, end - self._writeback_from)
+            self._writeback_from = end
+        if end - self._synced_to >= SYNC_STEP:
+            os.fdatasync(self.fd)
+            self._synced_to = end
+
+    def sync(self) -> None:
+        os.fsync(self.fd)
+
+    def finish_size(self, size: int) -> None:
+        """Files: set the final size (growing keeps holes); block devices keep theirs."""
+        if not self.is_block:
+            os.ftruncate(self.fd, size)
+            if self.preallocated and size:
+                fallocate(self.fd, 0, 0, size)
+            self.size = size
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class Overflow(Exception):
+    """The stream produced more than the target may hold (``produced`` bytes so far)."""
+
+    def __init__(self, produced: int) -> None:
+        super().__init__(produced)
+        self.produced = produced
+
+
+@dataclass
+class PumpResult:
+    end: int  # output offset after the last byte
+    data_bytes: int  # non-zero bytes written
+
+
+_ZEROS = bytearray(SEGMENT)  # bytearray == memoryview is a memcmp; memoryview == bytes is not
+
+
+def pump(
+    stream: Stream,
+    target: Target,
+    offset: int,
+    limit: int,
+    on_written: Callable[[int], None] | None = None,
+) -> PumpResult:
+    """Copy ``stream`` to ``target`` from ``offset``; zero segments become holes/zeroed ranges.
+
+    Raises what the stream raises (after everything read before it is written) and ``Overflow``
+    when output would pass ``limit``. Memory is bounded by POOL * CHUNK.
+    """
+    free: queue.Queue[bytearray] = queue.Queue()
+    for _ in range(POOL):
+        free.put(bytearray(CHUNK))
+    full: queue.Queue[tuple[bytearray, int] | BaseException | None] = queue.Queue()
+    stop = threading.Event()
+
+    def reader() -> None:
+        try:
+            while not stop.is_set():
+                buf = free.get()
+                if stop.is_set():
+                    return
+                view = memoryview(buf)
+                got = 0
+                while got < CHUNK:
+                    n = stream.readinto(view[got:])
+                    if n == 0:
+                        break
+                    got += n
+                if got:
+                    full.put((buf, got))
+                if got < CHUNK:
+                    full.put(None)
+                    return
+        except BaseException as e:
+            full.put(e)
+
+    t = threading.Thread(target=reader, name="pump-reader", daemon=True)
+    t.start()
+    pos = offset
+    zero_start = -1  # start of a pending run of zeros
+    data_bytes = 0
+    try:
+        while True:
+            item = full.get()
+            if item is None:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            buf, n = item
+            view = memoryview(buf)[:n]
+            if pos + n > limit:
+                raise Overflow(pos + n)
+            seg = 0
+            data_start = -1
+            while seg < n:
+                seg_end = min(seg + SEGMENT, n)
+                is_zero = (_ZEROS if seg_end - seg == SEGMENT else bytearray(seg_end - seg)) == view[seg:seg_end]
+                if is_zero:
+                    if data_start >= 0:
+                        target.write(pos + data_start, view[data_start:seg])
+                        data_bytes += seg - data_start
+                        data_start = -1
+                    if zero_start < 0:
+                        zero_start = pos + seg
+                else:
+                    if zero_start >= 0:
+                        target.zero(zero_start, pos + seg - zero_start)
+                        zero_start = -1
+                    if data_start < 0:
+                        data_start = seg
+                seg = seg_end
+            if data_start >= 0:
+                target.write(pos + data_start, view[data_start:n])
+                data_bytes += n - data_start
+            del view
+            pos += n
+            free.put(buf)
+            if on_written is not None:
+                on_written(pos)
+        if zero_start >= 0:
+            target.zero(zero_start, pos - zero_start)
+            zero_start = -1
+        return PumpResult(pos, data_bytes)
+    finally:
+        if zero_start >= 0:  # flush zeros seen before an error so resume offsets stay exact
+            try:
+                target.zero(zero_start, pos - zero_start)
+            except OSError:
+                pass
+        stop.set()
+        for _ in range(POOL):
+            free.put(bytearray(0))
+        t.join(timeout=30)
