@@ -17,10 +17,10 @@ from cdi.api.meta import (
     Errors,
     ObjectMeta,
     Reader,
-    deep_copy,
     as_mapping,
     check_type_meta,
     child_path,
+    deep_copy,
     raise_if_any,
 )
 from cdi.common.errors import ValidationError
@@ -103,7 +103,9 @@ class S3Source:
     @classmethod
     def parse(cls, d: Mapping[str, Any], path: str, errs: Errors) -> S3Source:
         r = Reader(d, path, errs, cls.FIELDS)
-        return cls(url=r.text("url"), secret_ref=r.opt_text("secretRef"), cert_config_map=r.opt_text("certConfigMap"))
+        return cls(
+            url=r.text("url"), secret_ref=r.opt_text("secretRef"), cert_config_map=r.opt_text("certConfigMap")
+        )
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"url": self.url}
@@ -141,7 +143,14 @@ class RegistrySource:
     cert_config_map: str | None = None
     platform: dict[str, Any] | None = None  # {"architecture": "arm64"}
 
-    FIELDS: ClassVar[tuple[str, ...]] = ("url", "imageStream", "pullMethod", "secretRef", "certConfigMap", "platform")
+    FIELDS: ClassVar[tuple[str, ...]] = (
+        "url",
+        "imageStream",
+        "pullMethod",
+        "secretRef",
+        "certConfigMap",
+        "platform",
+    )
     PLATFORM_FIELDS: ClassVar[tuple[str, ...]] = ("architecture",)
 
     @classmethod

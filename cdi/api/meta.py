@@ -160,7 +160,8 @@ class Reader:
             else:
                 self.errs.append(
                     ValidationError(
-                        f"{self.at(key)}[{i}]", f'expected a string, got {describe(item)}; put it in quotes: "{item}"'
+                        f"{self.at(key)}[{i}]",
+                        f'expected a string, got {describe(item)}; put it in quotes: "{item}"',
                     )
                 )
         return out
@@ -237,7 +238,9 @@ def check_type_meta(
         errs.append(ValidationError("apiVersion", f"missing; write apiVersion: {canonical}"))
     elif version not in api_versions:
         errs.append(
-            ValidationError("apiVersion", f"{version!r} is not served for {kind}; write apiVersion: {canonical}")
+            ValidationError(
+                "apiVersion", f"{version!r} is not served for {kind}; write apiVersion: {canonical}"
+            )
         )
     got = d.get("kind")
     if got is None:

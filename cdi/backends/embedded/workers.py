@@ -49,8 +49,9 @@ def _proc_start_time(pid: int) -> str | None:
 class LocalWorkers:
     """WorkerRunner over local processes."""
 
-    def __init__(self, root: str) -> None:
+    def __init__(self, root: str, entrypoints: dict[str, list[str]] | None = None) -> None:
         self.root = root
+        self.entrypoints = dict(ENTRYPOINTS if entrypoints is None else entrypoints)
         os.makedirs(root, mode=0o700, exist_ok=True)
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
 
@@ -85,7 +86,7 @@ class LocalWorkers:
     def start(self, name: str, entrypoint: str, env: dict[str, str]) -> None:
         if self._alive(name) is not None:
             return
-        argv = ENTRYPOINTS.get(entrypoint)
+        argv = self.entrypoints.get(entrypoint)
         if argv is None:
             raise PermanentError(f"unknown worker entrypoint {entrypoint!r}")
         d = self.workdir(name)
