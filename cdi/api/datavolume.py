@@ -403,7 +403,15 @@ class DataVolumeSource:
                 # `blank:` with nothing after it in YAML means `blank: {}`.
                 raw = {}
             m = as_mapping(raw, r.at(kind), errs, _SOURCE_EXAMPLES[kind])
-            if m is not None:
+            if m is not None and kind == "pvc" and set(m) & {"accessModes", "resources", "volumeMode"}:
+                errs.append(
+                    ValidationError(
+                        r.at(kind),
+                        "this looks like the target volume indented under source; move it out to spec.pvc "
+                        "(a pvc clone source takes only namespace and name)",
+                    )
+                )
+            elif m is not None:
                 kwargs[kind] = klass.parse(m, r.at(kind), errs)
         return cls(**kwargs)
 
@@ -541,9 +549,10 @@ class StorageSpec:
     def semantic(self) -> dict[str, Any]:
         """A comparable form: sizes in bytes, not as written (``1Gi`` == ``1073741824``)."""
         d = self.to_dict()
-        d.pop("resources", None)
-        d["requests.storage"] = self.requests_storage
-        d["limits.storage"] = self.limits_storage
+        d["resources"] = {
+            "requests": {"storage": self.requests_storage},
+            "limits": {"storage": self.limits_storage},
+        }
         return d
 
 
