@@ -1,0 +1,7 @@
+"""``python -m importers``: the importer worker."""
+
+import sys
+
+from importers.main import main
+
+sys.exit(main())
