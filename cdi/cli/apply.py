@@ -9,7 +9,9 @@ controller, ``cdi create``) stay. The previous manifest is kept in kubectl's ann
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
+import importlib
 import json
 from typing import Any
 
@@ -20,14 +22,30 @@ from cdi.common.errors import CDIError, ConflictError, ValidationError, Validati
 Obj = dict[str, Any]
 
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
-SERVER_METADATA = ("uid", "resourceVersion", "creationTimestamp", "generation", "deletionTimestamp",
-                   "managedFields", "selfLink")
+SERVER_METADATA = (
+    "uid",
+    "resourceVersion",
+    "creationTimestamp",
+    "generation",
+    "deletionTimestamp",
+    "managedFields",
+    "selfLink",
+)
 CARRIED_METADATA = ("uid", "resourceVersion", "creationTimestamp", "generation", "deletionTimestamp")
 MAX_ATTEMPTS = 5
 
 
+# kinds whose admission hook lives in an optional package that registers it when imported
+HOOK_MODULES = {"VirtualMachine": "vm_runtime", "VirtualMachineInstance": "vm_runtime"}
+
+
 def admit(obj: Obj, old: Obj | None) -> Obj:
     from cdi.api.validation import admit as _admit
+
+    hook = HOOK_MODULES.get(str(obj.get("kind", "")))
+    if hook:
+        with contextlib.suppress(ImportError):  # without it, admit explains what to install
+            importlib.import_module(hook)
 
     result: Obj = _admit(obj, old)
     return result
@@ -41,8 +59,11 @@ def validation_lines(kind: str, name: str, e: ValidationErrors | ValidationError
     for err in errors:
         field = getattr(err, "field", "")
         detail = getattr(err, "detail", str(err))
-        out.append(f'error: {kind} "{name}" is invalid: {field}: {detail}' if field
-                   else f'error: {kind} "{name}" is invalid: {detail}')
+        out.append(
+            f'error: {kind} "{name}" is invalid: {field}: {detail}'
+            if field
+            else f'error: {kind} "{name}" is invalid: {detail}'
+        )
     return out
 
 
@@ -119,7 +140,7 @@ def prepare(ctx: Context, doc: manifests.Document) -> tuple[kinds.KindInfo, Obj]
         if ns and ctx.namespace_explicit and ns != ctx.namespace:
             raise CLIError(
                 f'error: the namespace from the provided object "{ns}" does not match the namespace '
-                f'"{ctx.namespace}". You must pass \'--namespace={ns}\' to perform this operation.'
+                f"\"{ctx.namespace}\". You must pass '--namespace={ns}' to perform this operation."
             )
         md["namespace"] = ns or ctx.namespace
     obj.setdefault("apiVersion", info.api_version)
@@ -198,7 +219,7 @@ def run(ctx: Context, files: list[str]) -> int:
             failed = True
             continue
         except CDIError as e:
-            ctx.eprint(f"Error from server ({e.reason}): error when applying \"{doc.source}\": {e}")
+            ctx.eprint(f'Error from server ({e.reason}): error when applying "{doc.source}": {e}')
             failed = True
             continue
         applied = True

@@ -24,14 +24,16 @@ def parse_targets(args: list[str]) -> list[Target]:
     """``dv``, ``dv a b``, ``dv,pvc``, ``dv/a pvc/b`` -> targets."""
     if not args:
         raise CLIError(
-            "error: you must specify the type of resource to get. Use \"cdi get dv\", \"cdi get pvc\", ..."
+            'error: you must specify the type of resource to get. Use "cdi get dv", "cdi get pvc", ...'
         )
     if "/" in args[0]:
         targets: dict[str, Target] = {}
         for a in args:
             if "/" not in a:
-                raise CLIError("error: there is no need to specify a resource type as a separate argument "
-                               "when passing arguments in resource/name form")
+                raise CLIError(
+                    "error: there is no need to specify a resource type as a separate argument "
+                    "when passing arguments in resource/name form"
+                )
             k, _, n = a.partition("/")
             info = resolve_kind(k)
             targets.setdefault(info.kind, Target(info)).names.append(n)
@@ -57,13 +59,16 @@ def not_found(info: kinds.KindInfo, name: str) -> str:
 def fetch(ctx: Context, t: Target) -> tuple[list[Obj], list[str]]:
     """The objects of a target and the names that were not found."""
     if t.info.lister is not None:  # events: NAME selects the involved object
-        objs = t.info.list(ctx.store, ctx.list_namespace)
+        objs = t.info.list_objects(ctx.store, ctx.list_namespace)
         if t.names:
-            objs = [o for o in objs if (o.get("involvedObject") or {}).get("name") in t.names
-                    or kinds.event_name(o) in t.names]
+            objs = [
+                o
+                for o in objs
+                if (o.get("involvedObject") or {}).get("name") in t.names or kinds.event_name(o) in t.names
+            ]
         return objs, []
     if not t.names:
-        return t.info.list(ctx.store, ctx.list_namespace), []
+        return t.info.list_objects(ctx.store, ctx.list_namespace), []
     objs, missing = [], []
     for n in t.names:
         o = ctx.store.get(t.info.kind, ctx.namespace, n)
@@ -86,9 +91,12 @@ def key_of(info: kinds.KindInfo, o: Obj) -> tuple[str, str, str]:
     md = o.get("metadata") or {}
     if info.lister is not None:
         inv = o.get("involvedObject") or {}
-        return (info.kind, str(md.get("namespace", "")),
-                f"{inv.get('kind')}/{inv.get('name')}/{o.get('type')}/{o.get('reason')}/{o.get('firstTimestamp')}"
-                f"/{o.get('message')}")
+        return (
+            info.kind,
+            str(md.get("namespace", "")),
+            f"{inv.get('kind')}/{inv.get('name')}/{o.get('type')}/{o.get('reason')}/{o.get('firstTimestamp')}"
+            f"/{o.get('message')}",
+        )
     return info.kind, str(md.get("namespace", "")), str(md.get("name", ""))
 
 
@@ -101,7 +109,9 @@ def obj_name(info: kinds.KindInfo, o: Obj) -> str:
 class Printer:
     """Prints objects of one kind in the chosen output format."""
 
-    def __init__(self, ctx: Context, info: kinds.KindInfo, output: str, no_headers: bool, prefix: bool) -> None:
+    def __init__(
+        self, ctx: Context, info: kinds.KindInfo, output: str, no_headers: bool, prefix: bool
+    ) -> None:
         self.ctx, self.info, self.output, self.no_headers = ctx, info, output, no_headers
         self.prefix = prefix  # NAME shown as resource/name (several kinds at once)
         self.columns = info.columns(output == "wide")
@@ -144,6 +154,8 @@ class Printer:
             self.header_printed = True
             self.ctx.print(self.formatter.format(self.row(o)))
         else:
+            if self.output == "yaml":
+                self.ctx.out.write("---\n")
             print_objects(self.ctx, self.output, [(self.info, o)], single=True)
 
 
@@ -161,7 +173,7 @@ def print_objects(ctx: Context, output: str, items: list[tuple[kinds.KindInfo, O
         ctx.out.flush()
     elif output.startswith("jsonpath="):
         try:
-            ctx.out.write(jsonpath.render(output[len("jsonpath="):], data))
+            ctx.out.write(jsonpath.render(output[len("jsonpath=") :], data))
         except jsonpath.JSONPathError as e:
             raise CLIError(f"error: error parsing jsonpath: {e}") from e
         ctx.out.flush()
@@ -209,14 +221,19 @@ def run(ctx: Context, args: list[str], output: str, watch: bool, no_headers: boo
     if missing_lines:
         return 1
     if total == 0 and printers[0].is_table() and not any(t.names for t in targets):
-        ctx.eprint("No resources found" if ctx.all_namespaces else f"No resources found in {ctx.namespace} namespace.")
+        ctx.eprint(
+            "No resources found"
+            if ctx.all_namespaces
+            else f"No resources found in {ctx.namespace} namespace."
+        )
     if not watch:
         return 0
     return _watch(ctx, targets, printers, results)
 
 
-def _watch(ctx: Context, targets: list[Target], printers: list[Printer],
-           results: list[tuple[Target, list[Obj]]]) -> int:
+def _watch(
+    ctx: Context, targets: list[Target], printers: list[Printer], results: list[tuple[Target, list[Obj]]]
+) -> int:
     seen: dict[tuple[str, str, str], tuple[str, Obj, Printer]] = {}
     for p, (t, objs) in zip(printers, results, strict=True):
         for o in objs:

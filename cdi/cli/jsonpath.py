@@ -90,7 +90,7 @@ def evaluate(data: Any, expr: str) -> list[Any]:
             elif inner.startswith("?"):
                 m = _FILTER.match(inner)
                 if not m:
-                    raise JSONPathError(f"unsupported filter {seg}; write [?(@.type==\"Ready\")]")
+                    raise JSONPathError(f'unsupported filter {seg}; write [?(@.type=="Ready")]')
                 field, op, want = m.group(1), m.group(2), next(g for g in m.group(3, 4, 5) if g is not None)
                 for item in v if isinstance(v, list) else []:
                     got = _get_field(item, field)
@@ -149,7 +149,10 @@ def split_condition(text: str) -> tuple[str, str | None]:
     if text.startswith("'") and text.endswith("'"):
         text = text[1:-1]
     if not text.startswith("{"):
-        raise JSONPathError(f"jsonpath {text!r} must be wrapped in braces, e.g. '{{.status.phase}}=Succeeded'")
+        if not text.startswith("."):
+            raise JSONPathError(f"jsonpath {text!r} must look like '{{.status.phase}}=Succeeded'")
+        expr, sep, value = text.partition("=")
+        return expr, (value if sep else None)
     end = text.find("}")
     if end < 0:
         raise JSONPathError(f"unclosed {{ in {text!r}")

@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from cdi.api import annotations as ann
-from cdi.cli.printers import access_modes, age, bytes_progress, cell, dig
+from cdi.cli.printers import access_modes, age, bytes_progress, cell, dig, quantity
 
 if TYPE_CHECKING:
     from cdi.store.sqlite import Store
@@ -58,7 +58,7 @@ class KindInfo:
         """``datavolumes.cdi.kubevirt.io`` (kubectl's word in NotFound errors)."""
         return f"{self.plural}.{self.group}" if self.group else self.plural
 
-    def list(self, store: Store, namespace: str | None) -> list[Obj]:
+    def list_objects(self, store: Store, namespace: str | None) -> list[Obj]:
         if self.lister is not None:
             return self.lister(store, namespace)
         return store.list(self.kind, namespace)
@@ -114,22 +114,39 @@ AGE = Column("AGE", _age)
 
 
 def _dv_bytes(o: Obj, now: datetime) -> str:
-    return bytes_progress(dig(o, "status", "progressDetail", "bytesDone"), dig(o, "status", "progressDetail", "bytesTotal"))
+    return bytes_progress(
+        dig(o, "status", "progressDetail", "bytesDone"), dig(o, "status", "progressDetail", "bytesTotal")
+    )
 
 
 def dv_columns(wide: bool) -> list[Column]:
-    cols = [NAME, col("PHASE", "status", "phase"), col("PROGRESS", "status", "progress"),
-            col("RESTARTS", "status", "restartCount"), AGE]
+    cols = [
+        NAME,
+        col("PHASE", "status", "phase"),
+        col("PROGRESS", "status", "progress"),
+        col("RESTARTS", "status", "restartCount"),
+        AGE,
+    ]
     if wide:
-        cols += [col("CLAIM", "status", "claimName"), Column("BYTES", _dv_bytes),
-                 Column("READY", lambda o, now: condition_status(o, "Ready"))]
+        cols += [
+            col("CLAIM", "status", "claimName"),
+            Column("BYTES", _dv_bytes),
+            Column("READY", lambda o, now: condition_status(o, "Ready")),
+        ]
     return cols
 
 
 DATAVOLUME = register(
-    KindInfo("DataVolume", "datavolumes", dv_columns, group="cdi.kubevirt.io", version="v1beta1",
-             event_source="datavolume-controller"),
-    "dv", "dvs",
+    KindInfo(
+        "DataVolume",
+        "datavolumes",
+        dv_columns,
+        group="cdi.kubevirt.io",
+        version="v1beta1",
+        event_source="datavolume-controller",
+    ),
+    "dv",
+    "dvs",
 )
 
 
@@ -143,7 +160,7 @@ def _pvc_status(o: Obj, now: datetime) -> str:
 
 
 def _pvc_capacity(o: Obj, now: datetime) -> str:
-    return cell(dig(o, "status", "capacity", "storage"))
+    return quantity(dig(o, "status", "capacity", "storage"))
 
 
 def _pvc_modes(o: Obj, now: datetime) -> str:
@@ -155,17 +172,27 @@ def _pvc_volume_mode(o: Obj, now: datetime) -> str:
 
 
 def pvc_columns(wide: bool) -> list[Column]:
-    cols = [NAME, Column("STATUS", _pvc_status), col("VOLUME", "spec", "volumeName"),
-            Column("CAPACITY", _pvc_capacity), Column("ACCESS MODES", _pvc_modes),
-            col("STORAGECLASS", "spec", "storageClassName"), Column("VOLUMEMODE", _pvc_volume_mode), AGE]
+    cols = [
+        NAME,
+        Column("STATUS", _pvc_status),
+        col("VOLUME", "spec", "volumeName"),
+        Column("CAPACITY", _pvc_capacity),
+        Column("ACCESS MODES", _pvc_modes),
+        col("STORAGECLASS", "spec", "storageClassName"),
+        Column("VOLUMEMODE", _pvc_volume_mode),
+        AGE,
+    ]
     if wide:
         cols.append(Column("DISK", lambda o, now: cell(dig(o, "metadata", "annotations", ann.DISK_PATH))))
     return cols
 
 
 PVC = register(
-    KindInfo("PersistentVolumeClaim", "persistentvolumeclaims", pvc_columns, event_source="import-controller"),
-    "pvc", "pvcs",
+    KindInfo(
+        "PersistentVolumeClaim", "persistentvolumeclaims", pvc_columns, event_source="import-controller"
+    ),
+    "pvc",
+    "pvcs",
 )
 
 
@@ -173,12 +200,20 @@ PVC = register(
 
 
 def secret_columns(wide: bool) -> list[Column]:
-    return [NAME, Column("TYPE", lambda o, now: cell(o.get("type") or "Opaque")),
-            Column("DATA", lambda o, now: str(len(o.get("data") or {}))), AGE]
+    return [
+        NAME,
+        Column("TYPE", lambda o, now: cell(o.get("type") or "Opaque")),
+        Column("DATA", lambda o, now: str(len(o.get("data") or {}))),
+        AGE,
+    ]
 
 
 def configmap_columns(wide: bool) -> list[Column]:
-    return [NAME, Column("DATA", lambda o, now: str(len(o.get("data") or {}) + len(o.get("binaryData") or {}))), AGE]
+    return [
+        NAME,
+        Column("DATA", lambda o, now: str(len(o.get("data") or {}) + len(o.get("binaryData") or {}))),
+        AGE,
+    ]
 
 
 SECRET = register(KindInfo("Secret", "secrets", secret_columns), "secret")
@@ -199,14 +234,20 @@ def event_name(o: Obj) -> str:
 
 
 def event_columns(wide: bool) -> list[Column]:
-    return [Column("LAST SEEN", lambda o, now: age(o.get("lastTimestamp"), now)), col("TYPE", "type"),
-            col("REASON", "reason"), Column("OBJECT", _event_object), col("MESSAGE", "message")]
+    return [
+        Column("LAST SEEN", lambda o, now: age(o.get("lastTimestamp"), now)),
+        col("TYPE", "type"),
+        col("REASON", "reason"),
+        Column("OBJECT", _event_object),
+        col("MESSAGE", "message"),
+    ]
 
 
 def _list_events(store: Store, namespace: str | None) -> list[Obj]:
     out = []
-    for ev in store.events(namespace=namespace):
-        ev = dict(ev)
+    # cast: Store's annotations say list[...] inside a class that has a method named list
+    for raw in cast("list[Obj]", store.events(namespace=namespace)):
+        ev = dict(raw)
         inv = ev.get("involvedObject") or {}
         ev.setdefault("apiVersion", "v1")
         ev.setdefault("metadata", {"name": event_name(ev), "namespace": inv.get("namespace", "")})
@@ -221,16 +262,44 @@ EVENT = register(KindInfo("Event", "events", event_columns, lister=_list_events)
 
 
 def vm_columns(wide: bool) -> list[Column]:
-    return [NAME, AGE, col("STATUS", "status", "printableStatus"),
-            Column("READY", lambda o, now: condition_status(o, "Ready"))]
+    return [
+        NAME,
+        AGE,
+        col("STATUS", "status", "printableStatus"),
+        Column("READY", lambda o, now: condition_status(o, "Ready")),
+    ]
 
 
 def vmi_columns(wide: bool) -> list[Column]:
-    return [NAME, AGE, col("PHASE", "status", "phase"), col("IP", "status", "interfaces", 0, "ipAddress"),
-            col("NODENAME", "status", "nodeName"), Column("READY", lambda o, now: condition_status(o, "Ready"))]
+    return [
+        NAME,
+        AGE,
+        col("PHASE", "status", "phase"),
+        col("IP", "status", "interfaces", 0, "ipAddress"),
+        col("NODENAME", "status", "nodeName"),
+        Column("READY", lambda o, now: condition_status(o, "Ready")),
+    ]
 
 
-register(KindInfo("VirtualMachine", "virtualmachines", vm_columns, group="kubevirt.io",
-                  event_source="virtualmachine-controller"), "vm", "vms")
-register(KindInfo("VirtualMachineInstance", "virtualmachineinstances", vmi_columns, group="kubevirt.io",
-                  event_source="virtualmachine-controller"), "vmi", "vmis")
+register(
+    KindInfo(
+        "VirtualMachine",
+        "virtualmachines",
+        vm_columns,
+        group="kubevirt.io",
+        event_source="virtualmachine-controller",
+    ),
+    "vm",
+    "vms",
+)
+register(
+    KindInfo(
+        "VirtualMachineInstance",
+        "virtualmachineinstances",
+        vmi_columns,
+        group="kubevirt.io",
+        event_source="virtualmachine-controller",
+    ),
+    "vmi",
+    "vmis",
+)

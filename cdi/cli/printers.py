@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from cdi.common.units import human_bytes
+from cdi.common.units import format_quantity, human_bytes
 
 Obj = dict[str, Any]
 
@@ -107,6 +107,17 @@ def bytes_progress(done: Any, total: Any) -> str:
     except (TypeError, ValueError):
         t = "?"
     return f"{d}/{t}"
+
+
+def quantity(value: Any) -> str:
+    """A size as kubectl shows it: byte counts become the shortest exact quantity (68Mi)."""
+    if value is None or value == "":
+        return ""
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
+        return format_quantity(int(value))
+    return str(value)
 
 
 def dig(obj: Any, *path: str | int, default: Any = None) -> Any:
@@ -290,6 +301,12 @@ def describe_events(d: Describe, events: list[Obj], default_source: str, now: da
     for ev in events:
         source = dig(ev, "source", "component") or default_source
         rows.append(
-            [cell(ev.get("type")), cell(ev.get("reason")), event_age(ev, now), source, cell(ev.get("message"))]
+            [
+                cell(ev.get("type")),
+                cell(ev.get("reason")),
+                event_age(ev, now),
+                source,
+                cell(ev.get("message")),
+            ]
         )
     d.table(1, ["Type", "Reason", "Age", "From", "Message"], rows)
