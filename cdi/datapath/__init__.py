@@ -1,1 +1,8 @@
+"""The shared data path: sources in, raw disk images (or extracted archives) out.
 
+Entry point: ``cdi.datapath.processor.run(source, settings, reporter) -> WorkerResult``.
+Building blocks: ``streams`` (metering, peeking, decompression), ``formats`` (magic bytes),
+``sparse`` (targets and the zero-aware pump), ``archive`` (confined tar extraction),
+``qemu_img`` and ``nbdkit`` (tool wrappers), ``filesource`` (a local file as a Source),
+``progress`` (throttled progress file).
+"""

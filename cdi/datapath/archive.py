@@ -60,9 +60,17 @@ def _check_resolved(root_real: str, root: str, m: tarfile.TarInfo, rel: str) -> 
 
 
 def extract(
-    stream: Stream, dest_dir: str, limit: int, on_progress: Callable[[int], None] | None = None
+    stream: Stream,
+    dest_dir: str,
+    limit: int,
+    on_progress: Callable[[int], None] | None = None,
+    before_commit: Callable[[], None] | None = None,
 ) -> int:
-    """Extract the tar ``stream`` into ``dest_dir``; returns the bytes of file data extracted."""
+    """Extract the tar ``stream`` into ``dest_dir``; returns the bytes of file data extracted.
+
+    ``before_commit`` runs after the last entry and before anything is moved into place (the
+    processor verifies the checksum there); if it raises, nothing is moved.
+    """
     staging = os.path.join(dest_dir, f"{STAGING_PREFIX}-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     os.makedirs(staging, mode=0o750)
@@ -87,7 +95,9 @@ def extract(
                     m.uid, m.gid = uid, gid
                     m.uname = m.gname = ""
                     m.mode &= 0o777  # no setuid/setgid/sticky from an untrusted archive
-                    tar.extract(m, staging, set_attrs=not m.issym(), numeric_owner=True, filter="fully_trusted")
+                    tar.extract(
+                        m, staging, set_attrs=not m.issym(), numeric_owner=True, filter="fully_trusted"
+                    )
                     if m.issym():  # links through links: judge where it really points
                         _check_resolved(staging_real, staging, m, m.name)
                     if on_progress is not None:
@@ -96,6 +106,8 @@ def extract(
             raise
         except (tarfile.TarError, EOFError) as e:
             raise PermanentError(f"the archive cannot be read: {e}", reason=Reason.INVALID_IMAGE) from e
+        if before_commit is not None:
+            before_commit()
         for name in os.listdir(staging):
             dst = os.path.join(dest_dir, name)
             if os.path.isdir(dst) and not os.path.islink(dst):

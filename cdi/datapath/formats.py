@@ -87,7 +87,7 @@ def header_facts(fmt: str, head: bytes) -> HeaderFacts:
         if fmt == VMDK and len(head) >= 20:
             (capacity,) = struct.unpack_from("<Q", head, 12)
             return HeaderFacts(capacity * 512)
-        if fmt == VHD and len(head) >= 56:
+        if fmt == VHD and len(head) >= 56 and head.startswith(b"conectix"):  # dynamic (fixed: footer at end)
             (size,) = struct.unpack_from(">Q", head, 48)
             return HeaderFacts(size)
         if fmt == VDI and len(head) >= 0x178:

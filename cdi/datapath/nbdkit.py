@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -62,9 +63,13 @@ class Nbdkit:
         argv = ["nbdkit", "--exit-with-parent", "-U", self.socket, "-r", "-f"]
         argv += [f"--filter={f}" for f in self.filters]
         argv += [self.plan.plugin, *(a.replace(self.SECRETS, self.tmpdir) for a in self.plan.args)]
+        if "retry" in self.filters:
+            argv.append("retry-exponential=no")  # linear, like CDI: the worker's restarts back off already
         self._log_path = os.path.join(self.tmpdir, "nbdkit.log")
         with open(self._log_path, "wb") as logf:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=logf)
+            self.proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=logf
+            )
         deadline = time.monotonic() + START_TIMEOUT
         while not os.path.exists(self.socket):
             if self.proc.poll() is not None:
@@ -89,10 +94,8 @@ class Nbdkit:
             self.proc = None
         if self.tmpdir is not None:
             for path in self.plan.secret_files:
-                try:
+                with contextlib.suppress(FileNotFoundError):
                     os.unlink(self._secret_path(path))
-                except FileNotFoundError:
-                    pass
         if self.tmpdir is not None:
             shutil.rmtree(self.tmpdir, ignore_errors=True)
             self.tmpdir = None

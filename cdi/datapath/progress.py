@@ -23,7 +23,7 @@ class ProgressReporter:
         self.min_interval = min_interval
         self.resumes = 0
         self._lock = threading.Lock()
-        self._last_write = 0.0
+        self._last_write: float | None = None  # the first update is always written
         self._current = Progress(bytes_done=0, bytes_total=0)
         self._dirty = False
 
@@ -39,7 +39,12 @@ class ProgressReporter:
             )
             self._dirty = True
             now = time.monotonic()
-            if stage != prev.stage or note != prev.note or now - self._last_write >= self.min_interval:
+            if (
+                self._last_write is None
+                or stage != prev.stage
+                or note != prev.note
+                or now - self._last_write >= self.min_interval
+            ):
                 self._write(now)
 
     def resumed(self) -> None:

@@ -9,6 +9,7 @@ steps so the page cache does not balloon.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -39,7 +40,10 @@ BLKGETSIZE64 = 0x80081272
 BLKZEROOUT = 0x127F
 SYNC_FILE_RANGE_WRITE = 2
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+try:
+    _libc = ctypes.CDLL("libc.so.6", use_errno=True)
+except OSError:  # not glibc: find_library runs ldconfig, so only as a fallback
+    _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
 _libc.sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
 
@@ -70,7 +74,9 @@ def allocated_bytes(path: str) -> int:
 class Target:
     """Where the decoded image goes: ``write`` data, ``zero`` ranges, ``sync`` durably."""
 
-    def __init__(self, path: str, fd: int, size: int, is_block: bool, prezeroed: bool, preallocated: bool) -> None:
+    def __init__(
+        self, path: str, fd: int, size: int, is_block: bool, prezeroed: bool, preallocated: bool
+    ) -> None:
         self.path = path
         self.fd = fd
         self.size = size
@@ -85,10 +91,8 @@ class Target:
     @classmethod
     def create_file(cls, path: str, size: int, preallocate: bool = False) -> Target:
         """A new file of ``size`` bytes (all holes, or allocated if ``preallocate``)."""
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-        except FileNotFoundError:
-            pass
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o660)
         try:
             os.ftruncate(fd, size)
@@ -215,11 +219,16 @@ def pump(
                     return
                 view = memoryview(buf)
                 got = 0
-                while got < CHUNK:
-                    n = stream.readinto(view[got:])
-                    if n == 0:
-                        break
-                    got += n
+                try:
+                    while got < CHUNK:
+                        n = stream.readinto(view[got:])
+                        if n == 0:
+                            break
+                        got += n
+                except BaseException:
+                    if got:  # what arrived before the error is written, so resume offsets are exact
+                        full.put((buf, got))
+                    raise
                 if got:
                     full.put((buf, got))
                 if got < CHUNK:
@@ -248,7 +257,9 @@ def pump(
             data_start = -1
             while seg < n:
                 seg_end = min(seg + SEGMENT, n)
-                is_zero = (_ZEROS if seg_end - seg == SEGMENT else bytearray(seg_end - seg)) == view[seg:seg_end]
+                is_zero = (_ZEROS if seg_end - seg == SEGMENT else bytearray(seg_end - seg)) == view[
+                    seg:seg_end
+                ]
                 if is_zero:
                     if data_start >= 0:
                         target.write(pos + data_start, view[data_start:seg])
@@ -277,11 +288,9 @@ def pump(
         return PumpResult(pos, data_bytes)
     finally:
         if zero_start >= 0:  # flush zeros seen before an error so resume offsets stay exact
-            try:
+            with contextlib.suppress(OSError):
                 target.zero(zero_start, pos - zero_start)
-            except OSError:
-                pass
         stop.set()
         for _ in range(POOL):
             free.put(bytearray(0))
-        t.join(timeout=30)
+        t.join(timeout=2)  # a reader stuck in a stalled read is abandoned; the caller closes its stream

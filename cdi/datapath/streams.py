@@ -8,6 +8,8 @@ source's own ``TemporaryError``/``PermanentError`` through unchanged.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import io
 import logging
@@ -24,6 +26,7 @@ from cdi.datapath.source import Stream
 log = logging.getLogger(__name__)
 
 CHUNK = 4 << 20
+PIPE_SIZE = 1 << 20
 
 
 def invalid(what: str, err: BaseException | str) -> PermanentError:
@@ -43,7 +46,9 @@ def parse_checksum(spec: str) -> tuple[str, str]:
     try:
         int(digest, 16)
     except ValueError:
-        raise PermanentError(f"checksum digest {digest!r} is not hexadecimal", reason=Reason.CONFIG_ERROR) from None
+        raise PermanentError(
+            f"checksum digest {digest!r} is not hexadecimal", reason=Reason.CONFIG_ERROR
+        ) from None
     return algo, digest
 
 
@@ -54,6 +59,7 @@ class Metered:
         self, inner: Stream, start: int = 0, hasher: Any = None, on_bytes: Callable[[int], None] | None = None
     ) -> None:
         self.inner = inner
+        self.start = start
         self.count = start
         self.hasher = hasher
         self.on_bytes = on_bytes
@@ -120,7 +126,7 @@ class GzipStream:
         from isal import igzip
 
         self.inner = inner
-        self._file = igzip.GzipFile(fileobj=io.BufferedReader(_FileAdapter(inner), CHUNK), mode="rb")
+        self._file = igzip.GzipFile(fileobj=io.BufferedReader(_FileAdapter(inner), CHUNK), mode="rb")  # type: ignore[no-untyped-call]
 
     def readinto(self, buf: memoryview) -> int:
         try:
@@ -145,7 +151,10 @@ class ZstdStream:
 
         self.inner = inner
         self._reader = zstandard.ZstdDecompressor(max_window_size=1 << 31).stream_reader(
-            _FileAdapter(inner), read_size=1 << 20, read_across_frames=True, closefd=False
+            _FileAdapter(inner),  # type: ignore[arg-type]
+            read_size=1 << 20,
+            read_across_frames=True,
+            closefd=False,
         )
         self._error = zstandard.ZstdError
 
@@ -159,7 +168,7 @@ class ZstdStream:
 
     def close(self) -> None:
         try:
-            self._reader.close()
+            self._reader.close()  # type: ignore[no-untyped-call]
         finally:
             self.inner.close()
 
@@ -176,6 +185,9 @@ class XzStream:
             stderr=subprocess.PIPE,
             bufsize=0,
         )
+        for pipe in (self._proc.stdin, self._proc.stdout):  # fewer, larger pipe transfers
+            with contextlib.suppress(OSError, AttributeError):
+                fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, PIPE_SIZE)  # type: ignore[union-attr]
         self._feed_error: BaseException | None = None
         self._feeder = threading.Thread(target=self._feed, name="xz-feed", daemon=True)
         self._feeder.start()
@@ -195,14 +207,12 @@ class XzStream:
         except BaseException as e:
             self._feed_error = e
         finally:
-            try:
+            with contextlib.suppress(OSError):
                 self._proc.stdin.close()
-            except OSError:
-                pass
 
     def readinto(self, buf: memoryview) -> int:
         assert self._proc.stdout is not None
-        n = self._proc.stdout.readinto(buf)
+        n: int = self._proc.stdout.readinto(buf)  # type: ignore[attr-defined]
         if n:
             return n
         self._feeder.join()

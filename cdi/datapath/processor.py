@@ -1,0 +1,611 @@
+"""The import state machine: one source, one target, one WorkerResult.
+
+``run(source, settings, reporter)`` probes the source, peels compression while streaming,
+detects the format and walks explicit phases::
+
+    PROBE -> STREAM_RAW ------------------------------------> FINALIZE -> DONE
+          -> CONVERT_DIRECT (nbdkit + qemu-img, no scratch) -> FINALIZE
+          -> STREAM_SCRATCH -> CONVERT_SCRATCH ------------> FINALIZE
+          -> EXTRACT (tar, contentType archive) ------------> DONE
+
+Expected failures never escape: ``CDIError`` becomes a TEMPORARY/PERMANENT result with the
+error's reason. Filesystem targets are written as ``disk.img.part`` and renamed to ``disk.img``
+only once complete, resized and synced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cdi.api.contract import BLOCK, ImportSettings, Outcome, Reason, WorkerResult
+from cdi.common.errors import CDIError, PermanentError, TemporaryError
+from cdi.common.units import MiB, human_bytes, round_down, round_up
+from cdi.datapath import archive, formats, qemu_img, sparse, streams
+from cdi.datapath.nbdkit import Nbdkit
+from cdi.datapath.progress import ProgressReporter
+from cdi.datapath.source import Source, SourceInfo
+
+log = logging.getLogger(__name__)
+
+PART_SUFFIX = ".part"
+ARCHIVE = "archive"
+RESUME_BACKOFF = 0.5  # seconds, times the resumes so far
+
+
+class Phase(enum.Enum):
+    PROBE = "Probe"
+    STREAM_RAW = "StreamRaw"
+    CONVERT_DIRECT = "ConvertDirect"
+    STREAM_SCRATCH = "StreamScratch"
+    CONVERT_SCRATCH = "ConvertScratch"
+    EXTRACT = "Extract"
+    FINALIZE = "Finalize"
+    DONE = "Done"
+
+
+class TooSmallError(PermanentError):
+    """The image does not fit the volume; carries the sizes for the result."""
+
+    reason = Reason.TOO_SMALL
+
+    def __init__(
+        self, virtual_size: int, usable_size: int, required_capacity: int, at_least: bool = False
+    ) -> None:
+        what = f"more than {human_bytes(virtual_size)}" if at_least else human_bytes(virtual_size)
+        super().__init__(
+            f"DataVolume too small: image virtual size {what}, usable {human_bytes(usable_size)}; "
+            f"request at least {human_bytes(required_capacity)}"
+        )
+        self.virtual_size = virtual_size
+        self.usable_size = usable_size
+        self.required_capacity = required_capacity
+
+
+def usable_size(settings: ImportSettings) -> int:
+    """Filesystem: capacity / (1 + overhead) rounded down to 1 MiB; Block: the device size."""
+    if settings.volume_mode == BLOCK:
+        if not settings.block_device:
+            raise PermanentError(
+                "Block volume without a device (IMPORTER_BLOCK_DEVICE)", reason=Reason.CONFIG_ERROR
+            )
+        fd = os.open(settings.block_device, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return sparse.device_size(fd)
+        finally:
+            os.close(fd)
+    if settings.image_size <= 0:
+        raise PermanentError(
+            "IMPORTER_IMAGE_SIZE must be a positive size in bytes", reason=Reason.CONFIG_ERROR
+        )
+    return round_down(int(settings.image_size / (1 + settings.filesystem_overhead)), MiB)
+
+
+def required_capacity(virtual_size: int, settings: ImportSettings) -> int:
+    need = round_up(virtual_size, MiB)
+    if settings.volume_mode == BLOCK:
+        return need
+    return round_up(int(need * (1 + settings.filesystem_overhead) + 0.999999), MiB)
+
+
+@dataclass
+class _Opened:
+    """One attempt's stream stack: metered (as served) under the peeled, decoded top."""
+
+    metered: streams.Metered
+    top: streams.Peek
+    layers: list[str]
+    fmt: str
+
+    @property
+    def served(self) -> int:
+        """Bytes read from the source by this attempt."""
+        return self.metered.count - self.metered.start
+
+    def close(self) -> None:
+        try:
+            self.top.close()
+        except Exception:  # closing a broken stream must not hide the real error
+            log.debug("closing the stream failed", exc_info=True)
+
+
+@dataclass
+class _Job:
+    source: Source
+    settings: ImportSettings
+    reporter: ProgressReporter
+    info: SourceInfo = field(default_factory=lambda: SourceInfo(size=None, supports_range=False))
+    usable: int = 0
+    checksum: tuple[str, str] | None = None
+    hasher: Any = None
+    layers: list[str] = field(default_factory=list)
+    fmt: str = formats.RAW
+    head: bytes = b""
+    virtual_size: int | None = None
+    transferred: int = 0
+    data_bytes: int = 0
+    resumes: int = 0
+    scratch_reason: str = ""
+    preallocation_applied: bool = False
+    path: str = ""
+    note: str = ""
+
+
+def run(source: Source, settings: ImportSettings, reporter: ProgressReporter) -> WorkerResult:
+    """Import ``source`` into the target named by ``settings``; never raises for expected failures."""
+    job = _Job(source, settings, reporter)
+    try:
+        _Machine(job).run()
+    except TooSmallError as e:
+        return _failure(job, Outcome.PERMANENT, e, e.virtual_size, e.usable_size, e.required_capacity)
+    except PermanentError as e:
+        return _failure(job, Outcome.PERMANENT, e)
+    except TemporaryError as e:
+        return _failure(job, Outcome.TEMPORARY, e)
+    except CDIError as e:
+        return _failure(job, Outcome.TEMPORARY, e)
+    except OSError as e:
+        log.exception("I/O error during import")
+        err = TemporaryError(f"I/O error: {e}", reason=Reason.INTERNAL)
+        return _failure(job, Outcome.TEMPORARY, err)
+    except Exception as e:
+        log.exception("unexpected error during import")
+        err = TemporaryError(f"internal error: {type(e).__name__}: {e}", reason=Reason.INTERNAL)
+        return _failure(job, Outcome.TEMPORARY, err)
+    finally:
+        reporter.flush()
+    return WorkerResult(
+        outcome=Outcome.SUCCEEDED,
+        reason=Reason.IMPORT_COMPLETE,
+        message=f"Import complete ({_describe(job)})",
+        virtual_size=job.virtual_size,
+        usable_size=job.usable or None,
+        **_common(job),
+    )
+
+
+def _describe(job: _Job) -> str:
+    return "+".join([*job.layers[::-1], job.fmt]) if job.layers else job.fmt
+
+
+def _common(job: _Job) -> dict[str, Any]:
+    return dict(
+        bytes_transferred=job.transferred,
+        bytes_written=job.data_bytes,
+        preallocation_applied=job.preallocation_applied,
+        scratch_used=bool(job.scratch_reason),
+        scratch_reason=job.scratch_reason,
+        resumes=job.resumes,
+        details={"format": job.fmt, "compression": job.layers, "path": job.path},
+    )
+
+
+def _failure(
+    job: _Job,
+    outcome: Outcome,
+    err: CDIError,
+    virtual: int | None = None,
+    usable: int | None = None,
+    required: int | None = None,
+) -> WorkerResult:
+    log.warning("import failed (%s): %s", err.reason, err.message)
+    return WorkerResult(
+        outcome=outcome,
+        reason=str(err.reason),
+        message=err.message,
+        virtual_size=virtual if virtual is not None else job.virtual_size,
+        usable_size=usable if usable is not None else (job.usable or None),
+        required_capacity=required,
+        **_common(job),
+    )
+
+
+class _Machine:
+    def __init__(self, job: _Job) -> None:
+        self.job = job
+        self.s = job.settings
+        self.opened: _Opened | None = None
+        self.scratch_dir: str | None = None
+        self.scratch_path = ""
+
+    # --- driver -----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        phase = Phase.PROBE
+        visited: set[Phase] = set()
+        steps: dict[Phase, Callable[[], Phase]] = {
+            Phase.PROBE: self.probe,
+            Phase.STREAM_RAW: self.stream_raw,
+            Phase.CONVERT_DIRECT: self.convert_direct,
+            Phase.STREAM_SCRATCH: self.stream_scratch,
+            Phase.CONVERT_SCRATCH: self.convert_scratch,
+            Phase.EXTRACT: self.extract,
+        }
+        try:
+            while phase is not Phase.DONE:
+                if phase in visited:
+                    raise PermanentError(
+                        f"internal: phase {phase.value} visited twice", reason=Reason.INTERNAL
+                    )
+                visited.add(phase)
+                log.info("phase %s", phase.value)
+                phase = steps[phase]()
+        except BaseException:
+            self._discard_target()
+            raise
+        finally:
+            if self.opened is not None:
+                self.opened.close()
+            if self.scratch_dir is not None:
+                shutil.rmtree(self.scratch_dir, ignore_errors=True)
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    @property
+    def final_path(self) -> str:
+        return self.s.target_path
+
+    @property
+    def part_path(self) -> str:
+        return self.final_path + PART_SUFFIX
+
+    def _open(self, offset: int = 0, hasher: Any = None) -> _Opened:
+        job = self.job
+        total = job.info.size or 0
+
+        def on_bytes(n: int) -> None:
+            job.reporter.update(n, total, "Transferring", job.note)
+
+        stream = job.source.open(offset)
+        metered = streams.Metered(stream, start=offset, hasher=hasher, on_bytes=on_bytes)
+        try:
+            top, layers, fmt = streams.peel(metered)
+        except BaseException:
+            metered.close()
+            raise
+        return _Opened(metered, top, layers, fmt)
+
+    def _new_hasher(self) -> Any:
+        return hashlib.new(self.job.checksum[0]) if self.job.checksum else None
+
+    def _verify_checksum(self) -> None:
+        job = self.job
+        if job.checksum is None:
+            return
+        algo, want = job.checksum
+        got = job.hasher.hexdigest()
+        if got != want:
+            raise PermanentError(
+                f"checksum mismatch: expected {algo}:{want}, got {algo}:{got}", reason=Reason.CHECKSUM_ERROR
+            )
+
+    def _check_fits(self, virtual: int, at_least: bool = False) -> None:
+        job = self.job
+        if virtual > job.usable:
+            raise TooSmallError(virtual, job.usable, required_capacity(virtual, self.s), at_least)
+
+    def _discard_target(self) -> None:
+        if self.s.volume_mode != BLOCK and self.s.data_dir:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.part_path)
+
+    def _open_target(self) -> sparse.Target:
+        if self.s.volume_mode == BLOCK:
+            assert self.s.block_device
+            return sparse.Target.open_block(self.s.block_device, preallocate=self.s.preallocation)
+        return sparse.Target.create_file(self.part_path, self.job.usable, preallocate=self.s.preallocation)
+
+    def _commit_file(self, target: sparse.Target) -> None:
+        """Grow to the usable size, sync, and (Filesystem) rename the part file into place."""
+        job = self.job
+        job.reporter.update(job.virtual_size or 0, job.virtual_size or 0, "Resizing", job.note)
+        target.finish_size(job.usable)
+        job.preallocation_applied = bool(self.s.preallocation)
+        job.reporter.update(job.virtual_size or 0, job.virtual_size or 0, "Syncing", job.note)
+        target.sync()
+        target.close()
+        if not target.is_block:
+            os.chmod(self.part_path, 0o660)
+            os.replace(self.part_path, self.final_path)
+            _fsync_dir(os.path.dirname(self.final_path))
+
+    # --- phases -----------------------------------------------------------------------------
+
+    def probe(self) -> Phase:
+        job, s = self.job, self.s
+        if s.checksum:
+            job.checksum = streams.parse_checksum(s.checksum)
+        if s.content_type == ARCHIVE and s.volume_mode == BLOCK:
+            raise PermanentError(
+                "contentType archive needs a Filesystem volume; use volumeMode Filesystem",
+                reason=Reason.CONFIG_ERROR,
+            )
+        if s.volume_mode != BLOCK and not (s.data_dir and os.path.isdir(s.data_dir)):
+            raise PermanentError(f"data directory {s.data_dir!r} does not exist", reason=Reason.CONFIG_ERROR)
+        job.usable = usable_size(s)
+        job.info = job.source.info()
+        job.hasher = self._new_hasher()
+        self.opened = self._open(0, job.hasher)
+        job.layers, job.fmt, job.head = self.opened.layers, self.opened.fmt, self.opened.top.head
+        fmt = job.fmt
+        log.info("source %s: %s", job.info.description, _describe(job))
+
+        if fmt == formats.HTML:
+            raise PermanentError(
+                "the server returned an HTML page, not a disk image; check the URL",
+                reason=Reason.NOT_AN_IMAGE,
+            )
+        if s.content_type == ARCHIVE:
+            if fmt != formats.TAR:
+                raise PermanentError(
+                    f"contentType archive needs a tar archive, but the source is {_describe(job)}",
+                    reason=Reason.INVALID_IMAGE,
+                )
+            job.path = "archive"
+            return Phase.EXTRACT
+        if fmt == formats.VMDK_DESCRIPTOR:
+            raise PermanentError(
+                "the image is a VMDK descriptor that refers to separate extent files; CDI imports "
+                "self-contained images only: convert it to a monolithic vmdk or qcow2 with qemu-img convert",
+                reason=Reason.UNSAFE_IMAGE,
+            )
+        if fmt == formats.RAW and not job.layers and self._fixed_vhd():
+            fmt = job.fmt = formats.VHD
+        if fmt in formats.CONTAINERS:
+            facts = formats.check_header(fmt, job.head)
+            if facts.virtual_size:
+                self._check_fits(facts.virtual_size)
+            reason = self._scratch_reason()
+            if reason:
+                job.scratch_reason = reason
+                job.note = f"scratch space used: {reason}"
+                log.info("%s", job.note)
+                return Phase.STREAM_SCRATCH
+            return Phase.CONVERT_DIRECT
+        # raw, iso, and tar with contentType kubevirt are written as they are
+        if not job.layers and job.info.size is not None:
+            job.virtual_size = job.info.size
+            self._check_fits(job.info.size)
+        return Phase.STREAM_RAW
+
+    def _fixed_vhd(self) -> bool:
+        """A fixed VHD is raw data plus a 512-byte footer: look at the end when we can."""
+        info = self.job.info
+        if not info.supports_range or not info.size or info.size % 512 or info.size < 1024:
+            return False
+        try:
+            st = self.job.source.open(info.size - 512)
+        except CDIError:
+            return False
+        try:
+            buf = bytearray(512)
+            view = memoryview(buf)
+            got = 0
+            while got < 512:
+                n = st.readinto(view[got:])
+                if n == 0:
+                    break
+                got += n
+            return formats.is_vhd_footer(bytes(buf[:got]))
+        except CDIError:
+            return False
+        finally:
+            st.close()
+
+    def _scratch_reason(self) -> str:
+        job = self.job
+        if job.layers:
+            return f"the image is compressed ({'+'.join(job.layers)})"
+        if job.checksum is not None:
+            return "a checksum was requested"
+        if not job.info.supports_range:
+            return "the source does not support Range requests"
+        if job.source.nbdkit_plan() is None:
+            return "the source cannot be served through nbdkit"
+        return ""
+
+    def _stream_with_resume(self, target: sparse.Target, limit: int) -> int:
+        """Pump the opened stream into ``target``, resuming after transient errors; returns the end."""
+        job, s = self.job, self.s
+        assert self.opened is not None
+        out_pos = 0
+
+        def on_written(pos: int) -> None:
+            nonlocal out_pos
+            out_pos = pos
+
+        while True:
+            opened = self.opened
+            assert opened is not None
+            try:
+                result = sparse.pump(opened.top, target, out_pos, limit, on_written)
+                job.transferred += opened.served
+                job.data_bytes = target.data_bytes
+                return result.end
+            except sparse.Overflow as e:
+                job.transferred += opened.served
+                raise TooSmallError(
+                    e.produced, job.usable, required_capacity(e.produced, s), at_least=True
+                ) from None
+            except TemporaryError as e:
+                job.transferred += opened.served
+                opened.close()
+                self.opened = None
+                target.sync()  # everything written so far is durable before we go on
+                out_pos = self._reopen(opened, e, target)
+
+    def _reopen(self, failed: _Opened, err: TemporaryError, target: sparse.Target) -> int:
+        """Open the source again after ``err`` (within the resume budget); returns the output offset.
+
+        Uncompressed streams with Range resume at the last durable offset; everything else
+        restarts from 0 (re-decoded output is written again at the same offsets).
+        """
+        job, s = self.job, self.s
+        while True:
+            if job.resumes >= s.max_resumes:
+                raise err
+            job.resumes += 1
+            job.reporter.resumed()
+            time.sleep(min(RESUME_BACKOFF * (job.resumes - 1), 10.0))
+            try:
+                if not job.layers and job.info.supports_range:
+                    offset = failed.metered.count
+                    log.warning("transient error at %d bytes (%s); resuming there", offset, err)
+                    stream = job.source.open(offset)
+                    metered = streams.Metered(stream, offset, job.hasher, failed.metered.on_bytes)
+                    self.opened = _Opened(metered, streams.Peek(metered, 0), job.layers, job.fmt)
+                    return offset
+                log.warning("transient error (%s); restarting from the beginning", err)
+                job.hasher = self._new_hasher()
+                target.data_bytes = 0
+                self.opened = self._open(0, job.hasher)
+                if self.opened.fmt != job.fmt or self.opened.layers != job.layers:
+                    raise PermanentError(
+                        f"the source changed while it was read (was {_describe(job)}, now "
+                        f"{'+'.join([*self.opened.layers[::-1], self.opened.fmt])})",
+                        reason=Reason.INVALID_IMAGE,
+                    )
+                return 0
+            except TemporaryError as e:
+                err = e
+
+    def stream_raw(self) -> Phase:
+        job = self.job
+        job.path = "stream"
+        target = self._open_target()
+        try:
+            end = self._stream_with_resume(target, job.usable)
+            if job.virtual_size is None:
+                job.virtual_size = end
+            self._verify_checksum()
+            self._commit_file(target)
+        finally:
+            target.close()
+        return Phase.DONE
+
+    def convert_direct(self) -> Phase:
+        job = self.job
+        job.path = "nbdkit"
+        assert self.opened is not None
+        self.opened.close()
+        self.opened = None
+        plan = job.source.nbdkit_plan()
+        assert plan is not None
+        with Nbdkit(plan) as uri:
+            self._convert(uri)
+        return Phase.DONE
+
+    def stream_scratch(self) -> Phase:
+        job, s = self.job, self.s
+        job.path = "scratch"
+        base = s.scratch_dir or (s.data_dir if s.volume_mode != BLOCK else None)
+        self.scratch_dir = tempfile.mkdtemp(prefix=".cdi-scratch-", dir=base)
+        self.scratch_path = os.path.join(self.scratch_dir, f"image.{job.fmt}")
+        scratch = sparse.Target.create_file(self.scratch_path, 0)
+        try:
+            limit = job.usable + job.usable // 4 + 64 * MiB
+            end = self._stream_with_resume(scratch, limit)
+            scratch.finish_size(end)
+            job.data_bytes = 0  # the target's data is counted after the convert
+        finally:
+            scratch.close()
+        self._verify_checksum()
+        return Phase.CONVERT_SCRATCH
+
+    def convert_scratch(self) -> Phase:
+        assert self.opened is not None
+        self.opened.close()
+        self.opened = None
+        self._convert(self.scratch_path)
+        return Phase.DONE
+
+    def _convert(self, src: str) -> None:
+        job, s = self.job, self.s
+        qfmt = formats.QEMU_FORMAT[job.fmt]
+        info = qemu_img.info(src, qfmt)
+        if info.backing_filename:
+            raise formats.unsafe_backing(info.backing_filename)
+        if info.data_file:
+            raise formats.unsafe_data_file(info.data_file)
+        if info.extents and any(e != info.extents[0] for e in info.extents):
+            raise PermanentError(
+                "the vmdk refers to several extent files; CDI imports self-contained images only",
+                reason=Reason.UNSAFE_IMAGE,
+            )
+        job.virtual_size = info.virtual_size
+        self._check_fits(info.virtual_size)
+        total = info.virtual_size
+
+        def on_progress(pct: float) -> None:
+            job.reporter.update(int(total * pct / 100), total, "Converting", job.note)
+
+        job.reporter.update(0, total, "Converting", job.note)
+        if s.volume_mode == BLOCK:
+            assert s.block_device
+            qemu_img.convert(src, s.block_device, qfmt, existing_target=True, on_progress=on_progress)
+            target = sparse.Target.open_block(s.block_device)
+            job.data_bytes = info.virtual_size
+        else:
+            self._discard_target()
+            qemu_img.convert(src, self.part_path, qfmt, on_progress=on_progress)
+            fd = os.open(self.part_path, os.O_WRONLY | os.O_CLOEXEC)
+            target = sparse.Target(self.part_path, fd, info.virtual_size, False, True, s.preallocation)
+            job.data_bytes = sparse.allocated_bytes(self.part_path)
+        try:
+            self._commit_file(target)
+        finally:
+            target.close()
+
+    def extract(self) -> Phase:
+        job, s = self.job, self.s
+        assert s.data_dir
+        while True:
+            opened = self.opened
+            assert opened is not None
+            try:
+                job.data_bytes = archive.extract(
+                    opened.top,
+                    s.data_dir,
+                    job.usable,
+                    on_progress=None,
+                    before_commit=self._drain_and_verify,
+                )
+                job.transferred += opened.served
+                return Phase.DONE
+            except TemporaryError as e:
+                job.transferred += opened.served
+                if job.resumes >= s.max_resumes:
+                    raise
+                opened.close()
+                self.opened = None
+                job.resumes += 1
+                job.reporter.resumed()
+                log.warning("transient error (%s); restarting the extraction", e)
+                job.hasher = self._new_hasher()
+                self.opened = self._open(0, job.hasher)
+
+    def _drain_and_verify(self) -> None:
+        """Read what follows the tar's end marker (so the checksum covers every byte served)."""
+        assert self.opened is not None
+        if self.job.checksum is not None:
+            buf = memoryview(bytearray(1 << 20))
+            while self.opened.top.readinto(buf):
+                pass
+        self._verify_checksum()
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path or ".", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
