@@ -20,6 +20,7 @@ import queue
 import stat
 import struct
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -190,6 +191,7 @@ class PumpResult:
     data_bytes: int  # non-zero bytes written
 
 
+HANDOVER_SECONDS = 0.5
 _ZEROS = bytearray(SEGMENT)  # bytearray == memoryview is a memcmp; memoryview == bytes is not
 
 
@@ -219,19 +221,28 @@ def pump(
                     return
                 view = memoryview(buf)
                 got = 0
+                eof = False
+                started = time.monotonic()
                 try:
                     while got < CHUNK:
                         n = stream.readinto(view[got:])
                         if n == 0:
+                            eof = True
                             break
                         got += n
+                        # A slow source hands over what it has, so that progress and the
+                        # durable (resume) offset keep moving; a fast one fills whole chunks.
+                        if time.monotonic() - started > HANDOVER_SECONDS:
+                            break
                 except BaseException:
                     if got:  # what arrived before the error is written, so resume offsets are exact
                         full.put((buf, got))
                     raise
                 if got:
                     full.put((buf, got))
-                if got < CHUNK:
+                else:
+                    free.put(buf)
+                if eof:
                     full.put(None)
                     return
         except BaseException as e:

@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 USER_AGENT = "cdi-importer/0.1 (pycdi)"
 MAX_REDIRECTS = 10
+READ_STEP = 256 * 1024
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 # HEAD answers that mean "this server does not do HEAD here", not "the file is not there".
 HEAD_REFUSED_STATUSES = frozenset({400, 403, 405, 501})
@@ -300,7 +301,9 @@ class HTTPStream:
         if len(buf) == 0:
             return 0
         try:
-            n = self._answer.resp.readinto(buf)
+            # http.client fills the whole buffer before it returns; bounded reads keep progress,
+            # the idle watchdog and resume offsets fresh on slow links at no cost on fast ones.
+            n = self._answer.resp.readinto(buf[:READ_STEP])
         except TimeoutError:
             raise TemporaryError(
                 f"no data from {self._where} for {self._idle:g} s after {self.bytes_read} bytes; "
