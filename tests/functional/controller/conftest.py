@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -41,7 +42,7 @@ class Cluster:
                 return obj
             time.sleep(0.05)
         raise AssertionError(f"DataVolume {name} not in {phases} after {timeout}s: {obj.get('status') if obj else None}\n"
-                             + open(os.path.join(self.data_dir, "controller.log")).read()[-3000:])
+                             + Path(self.data_dir, "controller.log").read_text()[-3000:])
 
     def events(self, name: str) -> list[tuple[str, str]]:
         return [(e["type"], e["reason"]) for e in self.store.events("DataVolume", "default", name)]

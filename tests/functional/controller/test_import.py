@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -44,7 +45,7 @@ def test_qcow2_over_https_reaches_succeeded_with_the_right_bytes(cluster, nginx,
     data = images.make_raw(raw, 8 * MiB, seed=3)
     images.convert(raw, str(tmp_images / "disk.qcow2"), "qcow2")
     cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "ca"},
-          "data": {"ca.pem": open(nginx.ca_pem).read()}}
+          "data": {"ca.pem": Path(nginx.ca_pem).read_text()}}
     cluster.apply(cm)
     cluster.apply(http_dv("qcow", f"{nginx.https_url}/{served_path(tmp_images / 'disk.qcow2')}",
                           http_extra={"certConfigMap": "ca"}))
@@ -104,7 +105,7 @@ def test_basic_auth_secret_never_leaks(cluster, nginx, tmp_images, served_path):
     for root, _, files in os.walk(cluster.data_dir):
         for f in files:
             if f in ("log", "controller.log", "termination-log", "progress.json"):
-                everything += open(os.path.join(root, f), errors="replace").read()
+                everything += Path(root, f).read_text(errors="replace")
     assert secret_value not in everything
 
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from cdi.api.contract import Outcome, WorkerResult
+from cdi.api.contract import Outcome
 from cdi.backends.base import StorageClassInfo
 from cdi.backends.embedded.volumes import EmbeddedVolumes
 from cdi.backends.embedded.workers import LocalWorkers
@@ -59,7 +59,7 @@ def test_block_volume_is_a_loop_device_reattached_after_detach(volumes):
 
 
 def test_unknown_storage_class_is_a_clear_error(volumes):
-    with pytest.raises(Exception, match='storage class "fast" does not exist .known: local.'):
+    with pytest.raises(Exception, match=r'storage class "fast" does not exist .known: local.'):
         volumes.provision("x", "default", "a", "fast", "Filesystem", 1 << 20)
 
 
@@ -116,7 +116,7 @@ def test_a_killed_worker_is_seen_by_a_new_runner_and_its_children_die(runner, tm
     deadline = time.monotonic() + 20
     while not started.exists() and time.monotonic() < deadline:
         time.sleep(0.05)
-    pid = int(open(tmp_path / "workers" / "child" / "pid").read().split()[0])
+    pid = int((tmp_path / "workers" / "child" / "pid").read_text().split()[0])
     children = os.popen(f"pgrep -g {pid}").read().split()
     assert len(children) == 2
     # A new runner (as after a controller restart) still sees it running, by pid and start time.
