@@ -36,5 +36,9 @@ extras="test"
 if [ "${CDI_SKIP_VM:-0}" != "1" ] && pkg-config --exists libvirt 2>/dev/null; then
   extras="test,vm"
 fi
-.venv/bin/pip install -q -e ".[${extras}]"
+log=$(mktemp)
+if ! .venv/bin/pip install -q -e ".[${extras}]" >"$log" 2>&1; then
+  cat "$log"; rm -f "$log"; echo "setup: pip install failed" >&2; exit 1
+fi
+rm -f "$log"
 echo "setup: ready (.venv/bin/cdi)"

@@ -35,6 +35,7 @@ from cdi.api.phases import TERMINAL_PHASES, DataVolumePhase
 from cdi.backends.base import VolumeInfo, VolumeProvisioner, WorkerRunner, WorkerStatus
 from cdi.backends.embedded.config import Config
 from cdi.common.errors import CDIError, ConflictError, NotFoundError, PermanentError
+from cdi.common.units import format_quantity
 from cdi.controller import secrets as secret_files
 from cdi.controller.storage import StorageRequest, resolve, too_small_message
 from cdi.store.sqlite import Obj, Store, now_iso
@@ -321,7 +322,7 @@ class DataVolumeController:
                 "accessModes": list(req.access_modes),
                 "volumeMode": req.volume_mode,
                 "storageClassName": req.storage_class,
-                "resources": {"requests": {"storage": str(req.capacity)}},
+                "resources": {"requests": {"storage": format_quantity(req.capacity)}},
             },
             "status": {"phase": "Pending"},
         }
@@ -522,7 +523,7 @@ def bind_claim(store: Store, pvc: Obj, vol: VolumeInfo) -> Obj:
     status = {
         "phase": "Bound",
         "accessModes": (pvc.get("spec") or {}).get("accessModes") or ["ReadWriteOnce"],
-        "capacity": {"storage": str(vol.capacity)},
+        "capacity": {"storage": format_quantity(vol.capacity)},
     }
     spec = pvc.setdefault("spec", {})
     was_bound = (pvc.get("status") or {}).get("phase") == "Bound"
