@@ -150,7 +150,7 @@ class DataVolumeController:
         status["conditions"] = cond.set_condition(
             status["conditions"], cond.BOUND, cond.TRUE, cond.REASON_BOUND, f"PVC {name} Bound", now
         )
-        return handler.sync(dv, status, pvc, vol, req, kind)
+        return handler.sync(dv, status, pvc, vol, req, str(kind))
 
     def _sync_worker(
         self, dv: Obj, status: dict[str, Any], pvc: Obj, vol: VolumeInfo, req: StorageRequest, kind: str
@@ -273,7 +273,7 @@ class DataVolumeController:
                 f"{reason}: {message}. Fix the source, or raise the limit with annotation {ann.RETRY_LIMIT}",
             )
             return None
-        delay = min(self.ctx.config.retry_backoff * (2 ** (restarts - 1)), self.ctx.config.retry_backoff_max)
+        delay = float(min(self.ctx.config.retry_backoff * (2 ** (restarts - 1)), self.ctx.config.retry_backoff_max))
         self._update_claim(pvc, {
             ann.POD_RESTARTS: str(restarts), RESUMES: str(resumes), ann.POD_PHASE: "Pending",
             RETRY_AFTER: f"{time.time() + delay:.3f}", LAST_ERROR: f"{reason}: {message}"[:1024],
@@ -300,7 +300,7 @@ class DataVolumeController:
                 )
             return pvc
         content_type = (dv.get("spec") or {}).get("contentType") or "kubevirt"
-        body = {
+        body: dict[str, Any] = {
             "apiVersion": "v1",
             "kind": PVC,
             "metadata": {

@@ -11,6 +11,7 @@ timeout, and every write in one ``BEGIN IMMEDIATE`` transaction.
 
 from __future__ import annotations
 
+import builtins
 import copy
 import json
 import os
@@ -127,7 +128,7 @@ class Store:
             raise NotFoundError(f'{kind} "{name}" not found in namespace "{namespace}"')
         return obj
 
-    def list(self, kind: str, namespace: str | None = None) -> list[Obj]:
+    def list(self, kind: str, namespace: str | None = None) -> builtins.list[Obj]:
         if namespace is None:
             rows = self._db().execute("SELECT body FROM objects WHERE kind=? ORDER BY namespace, name", (kind,))
         else:
@@ -136,7 +137,7 @@ class Store:
             )
         return [json.loads(r[0]) for r in rows.fetchall()]
 
-    def changed_since(self, rv: int) -> list[tuple[str, str, str]]:
+    def changed_since(self, rv: int) -> builtins.list[tuple[str, str, str]]:
         """Keys of objects written after ``rv`` (deleted ones are not listed: compare lists)."""
         rows = self._db().execute("SELECT kind, namespace, name FROM objects WHERE rv > ?", (rv,))
         return [(r[0], r[1], r[2]) for r in rows.fetchall()]
@@ -253,7 +254,9 @@ class Store:
                     (kind, ns, name, uid, type_, reason, message, ts, ts, rv),
                 )
 
-    def events(self, kind: str | None = None, namespace: str | None = None, name: str | None = None) -> list[Obj]:
+    def events(
+        self, kind: str | None = None, namespace: str | None = None, name: str | None = None
+    ) -> builtins.list[Obj]:
         """Events as k8s Event-shaped dicts, oldest first."""
         sql = "SELECT kind, namespace, name, uid, type, reason, message, count, first_ts, last_ts FROM events"
         where, args = [], []
