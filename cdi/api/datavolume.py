@@ -284,24 +284,8 @@ class PVCSource:
 
 
 @dataclass
-class SnapshotSource:
+class SnapshotSource(PVCSource):
     """Clone from a VolumeSnapshot; ``namespace`` defaults to the DataVolume's."""
-
-    namespace: str = ""
-    name: str = ""
-
-    FIELDS: ClassVar[tuple[str, ...]] = ("namespace", "name")
-
-    @classmethod
-    def parse(cls, d: Mapping[str, Any], path: str, errs: Errors) -> SnapshotSource:
-        r = Reader(d, path, errs, cls.FIELDS)
-        return cls(namespace=r.text("namespace"), name=r.text("name"))
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        _opt(out, "namespace", self.namespace)
-        out["name"] = self.name
-        return out
 
 
 @dataclass
