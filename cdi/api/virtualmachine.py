@@ -526,22 +526,19 @@ def _cross_check(
                 f"interface {itf.name!r} has no network; add a network named {itf.name!r}",
             )
     orders: dict[int, str] = {}
-    groups: tuple[tuple[str, list[Disk] | list[Interface]], ...] = (
-        ("disks", disks),
-        ("interfaces", interfaces),
-    )
-    for kind, items in groups:
-        for i, item in enumerate(items):
-            bo = item.boot_order
-            if bo is None:
-                continue
-            if bo in orders:
-                errs.add(
-                    f"{dp}.{kind}[{i}].bootOrder",
-                    f"bootOrder {bo} of {item.name!r} is already used by {orders[bo]!r}; boot orders must be unique",
-                )
-            else:
-                orders[bo] = item.name
+    items: list[tuple[str, int, Disk | Interface]] = [("disks", i, d) for i, d in enumerate(disks)]
+    items += [("interfaces", i, itf) for i, itf in enumerate(interfaces)]
+    for kind, i, item in items:
+        bo = item.boot_order
+        if bo is None:
+            continue
+        if bo in orders:
+            errs.add(
+                f"{dp}.{kind}[{i}].bootOrder",
+                f"bootOrder {bo} of {item.name!r} is already used by {orders[bo]!r}; boot orders must be unique",
+            )
+        else:
+            orders[bo] = item.name
 
 
 def effective_run_strategy(spec: Mapping[str, Any], path: str = "spec") -> RunStrategy:

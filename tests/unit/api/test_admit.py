@@ -86,7 +86,10 @@ def test_unknown_kind_lists_supported() -> None:
 
 @pytest.fixture
 def clean_admitters() -> Iterator[None]:
+    """No VM admitter, whatever an imported package (vm_runtime) registered; restored after."""
     saved = dict(ADMITTERS)
+    for kind in ("VirtualMachine", "VirtualMachineInstance"):
+        ADMITTERS.pop(kind, None)
     yield
     ADMITTERS.clear()
     ADMITTERS.update(saved)
