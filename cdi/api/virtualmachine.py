@@ -625,12 +625,13 @@ def printable_status(
     if deleting:
         return PrintableStatus.TERMINATING
     if vmi_phase is None or vmi_phase in VMI_FINAL_PHASES:
-        if run_strategy in (RunStrategy.HALTED, RunStrategy.MANUAL) or vmi_phase == VMIPhase.SUCCEEDED:
-            return PrintableStatus.STOPPED
+        # As KubeVirt: volumes being provisioned or failed show whatever the run strategy.
         if data_volume_failed:
             return PrintableStatus.DATA_VOLUME_ERROR
         if not data_volumes_ready:
             return PrintableStatus.PROVISIONING
+        if run_strategy in (RunStrategy.HALTED, RunStrategy.MANUAL) or vmi_phase == VMIPhase.SUCCEEDED:
+            return PrintableStatus.STOPPED
         if vmi_phase == VMIPhase.FAILED and run_strategy == RunStrategy.RERUN_ON_FAILURE:
             return PrintableStatus.STARTING
         return PrintableStatus.STOPPED if vmi_phase is not None else PrintableStatus.STARTING

@@ -140,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     ctl.add_parser("stop", parents=[g], help="stop the controller daemon")
 
     add("version", "Print the version")
+    from cdi.cli import virt
+
+    virt.add_parser(sub, g)
     return parser
 
 
@@ -208,6 +211,10 @@ def dispatch(ctx: Context, ns: argparse.Namespace, parser: argparse.ArgumentPars
         return controller.status(ctx, getattr(ns, "output", ""))
     if cmd == "version":
         return _version(ctx)
+    if cmd == "virt":
+        from cdi.cli import virt
+
+        return virt.run(ctx, ns)
     parser.print_help(ctx.err)
     return 1
 

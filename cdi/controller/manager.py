@@ -36,6 +36,7 @@ class Manager:
             PVC: ClaimController(ctx).reconcile,
         }
         self._due: dict[tuple[str, str, str], float] = {}
+        self.on_shutdown: list[Callable[[], None]] = []
         self._rev = -1
         self.stopping = threading.Event()
 
@@ -101,4 +102,9 @@ class Manager:
             started = time.monotonic()
             self.run_once()
             self.stopping.wait(max(0.0, self.tick - (time.monotonic() - started)))
+        for hook in self.on_shutdown:
+            try:
+                hook()
+            except Exception:
+                log.exception("shutdown hook failed")
         log.info("controller stopped")
