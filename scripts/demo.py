@@ -104,6 +104,9 @@ def main() -> int:
     url = f"http://127.0.0.1:{port}/disk.qcow2"
     print(f"{what}: {os.path.getsize(qcow2)} bytes of compressed qcow2 at {url}")
     try:
+        # A previous run's VM and DataVolume: the VM first, it uses the volume.
+        if cdi("get", "vm", f"{NAME}-vm", check=False, quiet=True).returncode == 0:
+            cdi("delete", "vm", f"{NAME}-vm")
         if cdi("get", "dv", NAME, check=False, quiet=True).returncode == 0:
             cdi("delete", "dv", NAME)
         manifest = f"""apiVersion: cdi.kubevirt.io/v1beta1

@@ -20,6 +20,24 @@ from typing import Any
 LOCK = "controller.lock"
 PID = "controller.pid"
 LOG = "controller.log"
+CODE = "controller.code"  # fingerprint of the code the running controller loaded
+_PACKAGES = ("cdi", "importers", "uploadproxy", "vm_runtime")
+
+
+def code_fingerprint() -> str:
+    """Changes whenever a source file of the project changes (an upgrade, a git pull)."""
+    import hashlib
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    h = hashlib.sha256()
+    for pkg in _PACKAGES:
+        for dirpath, dirnames, filenames in os.walk(os.path.join(root, pkg)):
+            dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
+            for f in sorted(filenames):
+                if f.endswith(".py"):
+                    st = os.stat(os.path.join(dirpath, f))
+                    h.update(f"{dirpath}/{f}:{st.st_mtime_ns}:{st.st_size}\n".encode())
+    return h.hexdigest()[:16]
 
 
 def _lock_held(data_dir: str) -> bool:
@@ -55,7 +73,15 @@ def ensure_running(data_dir: str, timeout: float = 10.0) -> None:
     """Start the controller for ``data_dir`` in the background unless one runs."""
     os.makedirs(data_dir, mode=0o700, exist_ok=True)
     if _lock_held(data_dir):
-        return
+        try:
+            with open(os.path.join(data_dir, CODE)) as f:
+                running_code = f.read().strip()
+        except OSError:
+            running_code = ""
+        if running_code == code_fingerprint():
+            return
+        # The code changed under a running controller: restart it (workers keep running).
+        stop(data_dir)
     with open(os.path.join(data_dir, LOG), "ab") as logf:
         subprocess.Popen(
             [sys.executable, "-m", "cdi.controller.daemon", data_dir],
@@ -100,6 +126,8 @@ def serve(data_dir: str) -> int:
         return 1
     with open(os.path.join(data_dir, PID), "w") as f:
         f.write(f"{os.getpid()}\n")
+    with open(os.path.join(data_dir, CODE), "w") as f:
+        f.write(code_fingerprint() + "\n")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     manager = Manager.embedded(data_dir)
     for extension in _extensions():
