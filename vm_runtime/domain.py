@@ -76,6 +76,7 @@ class HostOptions:
     nvram_path: str | None = None  # EFI variables (firmware efi)
     qmp_socket: str | None = None  # an extra QMP monitor for vm_runtime.qmp
     emulator: str | None = None  # None: libvirt's default for the arch/machine
+    vnc_listen: str | None = None  # a VNC display on this address (autoport); None: headless
     arch: str = "x86_64"
 
 
@@ -219,6 +220,11 @@ def build_domain_xml(
         serial = _sub(devices, "serial", type="file")
         _sub(serial, "source", path=options.console_log, append="on")
         _sub(serial, "target", port="0")
+    if options.vnc_listen:
+        graphics = _sub(devices, "graphics", type="vnc", autoport="yes", listen=options.vnc_listen)
+        _sub(graphics, "listen", type="address", address=options.vnc_listen)
+        video = _sub(devices, "video")
+        _sub(video, "model", type="vga")
     _sub(devices, "memballoon", model="none")
     _sub(devices, "panic", model="isa")
 

@@ -26,6 +26,7 @@ import queue
 import shutil
 import threading
 import time
+import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,9 @@ from vm_runtime.volumes import ResolvedVolume, prepare_volumes
 
 Status = dict[str, Any]
 _BENIGN_PAUSE = {"user", "migration", "save", "snapshot", "starting-up", "shutting-down", "dump", "postcopy"}
+
+
+VNC_LISTEN = "127.0.0.1"  # the display is for this machine only
 
 
 def _now() -> str:
@@ -104,7 +108,9 @@ class Launcher:
         self._conn = Connection(uri)
         self._conn.on_lifecycle(self._on_event)
         self._dom: Domain | None = self._conn.lookup(identity.domain_name)
+        self._vnc = ""
         if self._dom is not None:  # adopt a domain left by a previous launcher
+            self._vnc = self._read_vnc()
             self._refresh()
         self._thread = threading.Thread(target=self._loop, name=f"vmi-{identity.domain_name}", daemon=True)
         self._thread.start()
@@ -216,6 +222,8 @@ class Launcher:
                 "runStrategy": self.run_strategy.value,
                 "domainState": self._domain_state,
             }
+            if self._vnc and self._phase == VMIPhase.RUNNING:
+                st["vnc"] = self._vnc
             if self._reason:
                 st["reason"] = self._reason
             if self._message:
@@ -275,6 +283,7 @@ class Launcher:
                 console_log=str(self.console_log),
                 nvram_path=str(self.run_dir / "nvram.fd"),
                 qmp_socket=str(self.qmp_socket),
+                vnc_listen=VNC_LISTEN,
             ),
         )
         (self.run_dir / "domain.xml").write_text(xml)
@@ -287,7 +296,21 @@ class Launcher:
         except CDIError as e:
             self._fail("FailedCreate", str(e))
             raise
+        self._vnc = self._read_vnc()
         self._refresh()
+
+    def _read_vnc(self) -> str:
+        """``address:port`` of the running domain's VNC display, or "" (libvirt picks the port)."""
+        if self._dom is None:
+            return ""
+        try:
+            root = ET.fromstring(self._dom.xml())
+        except Exception:
+            return ""
+        g = root.find("./devices/graphics[@type='vnc']")
+        if g is None or g.get("port") in (None, "-1"):
+            return ""
+        return f"{g.get('listen') or VNC_LISTEN}:{g.get('port')}"
 
     def _on_event(self, ev: LifecycleEvent) -> None:
         if ev.domain == self.identity.domain_name:

@@ -216,6 +216,7 @@ def vnc_info(ctx: Context, name: str) -> int:
     if vnc:
         ctx.print(f"VNC display of {name}: {vnc}  (e.g. remote-viewer vnc://{vnc})")
         return 0
-    ctx.print(f"VMI {name} has no VNC display: guests run headless with a serial console; "
-              f"use `cdi virt console {name}`")
-    return 0
+    phase = (vmi.get("status") or {}).get("phase")
+    ctx.eprint(f"error: VMI {name} has no VNC display now (phase {phase}); it has one while it runs. "
+               f"The serial console: `cdi virt console {name}`")
+    return 1

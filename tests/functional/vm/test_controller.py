@@ -113,6 +113,13 @@ def test_vm_boots_from_an_imported_datavolume_and_follows_virtctl(cluster, nginx
     vmi = cluster.store.get("VirtualMachineInstance", "default", "vm1")
     assert vmi["status"]["phase"] == "Running" and vmi["status"]["accelerator"] in ("TCG", "KVM")
 
+    rc, out, _ = cdi(cluster, "virt", "vnc-info", "vm1")
+    assert rc == 0 and "VNC display of vm1: 127.0.0.1:59" in out  # autoport: 5900 and up
+    port = int(out.split("127.0.0.1:")[1].split()[0])
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        assert s.recv(12).startswith(b"RFB ")  # a real VNC server answers
     rc, out, _ = cdi(cluster, "virt", "console", "vm1", "--no-follow")
     assert rc == 0 and "PYCDI-CLOUDINIT marker=hello-from-user-data" in out
     rc, out, _ = cdi(cluster, "get", "vm")
