@@ -143,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     from cdi.cli import virt
 
     virt.add_parser(sub, g)
+    from cdi.cli import image_upload
+
+    image_upload.add_parser(sub)
     return parser
 
 
@@ -211,6 +214,10 @@ def dispatch(ctx: Context, ns: argparse.Namespace, parser: argparse.ArgumentPars
         return controller.status(ctx, getattr(ns, "output", ""))
     if cmd == "version":
         return _version(ctx)
+    if cmd == "image-upload":
+        from cdi.cli import image_upload
+
+        return image_upload.run(ns, ctx)
     if cmd == "virt":
         from cdi.cli import virt
 

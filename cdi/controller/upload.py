@@ -65,7 +65,7 @@ class Observed:
     stage: str = ""
     address: str = ""
     last_error: dict[str, Any] | None = None
-    requeue: float | None = 0.5
+    requeue: float | None = 0.2
     result_note: str = ""
 
 

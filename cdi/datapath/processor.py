@@ -30,7 +30,7 @@ from typing import Any
 from cdi.api.contract import BLOCK, ImportSettings, Outcome, Reason, WorkerResult
 from cdi.common.errors import CDIError, PermanentError, TemporaryError
 from cdi.common.units import MiB, human_bytes, round_down, round_up
-from cdi.datapath import archive, formats, qemu_img, sparse, streams
+from cdi.datapath import archive, formats, qemu_img, sparse, streams, xzpar
 from cdi.datapath.nbdkit import Nbdkit
 from cdi.datapath.progress import ProgressReporter
 from cdi.datapath.source import Source, SourceInfo
@@ -267,12 +267,32 @@ class _Machine:
 
         stream = job.source.open(offset)
         metered = streams.Metered(stream, start=offset, hasher=hasher, on_bytes=on_bytes)
+        random_access = None
+        size = job.info.size or 0
+        if offset == 0 and job.info.supports_range and size >= xzpar.MIN_SIZE:
+            random_access = (self._read_at, size)
         try:
-            top, layers, fmt = streams.peel(metered)
+            top, layers, fmt = streams.peel(metered, random_access=random_access)
         except BaseException:
             metered.close()
             raise
         return _Opened(metered, top, layers, fmt)
+
+    def _read_at(self, offset: int, length: int) -> bytes:
+        """``length`` bytes of the source at ``offset`` (a Range request; fewer at the end)."""
+        st = self.job.source.open(offset)
+        try:
+            buf = bytearray(length)
+            view = memoryview(buf)
+            got = 0
+            while got < length:
+                n = st.readinto(view[got:])
+                if n == 0:
+                    break
+                got += n
+            return bytes(view[:got])
+        finally:
+            st.close()
 
     def _new_hasher(self) -> Any:
         return hashlib.new(self.job.checksum[0]) if self.job.checksum else None

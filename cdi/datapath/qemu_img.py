@@ -92,10 +92,16 @@ def convert(
     *,
     existing_target: bool = False,
     cache: str = "writeback",
-    parallel: int = 16,
+    parallel: int = 8,
     on_progress: Callable[[float], None] | None = None,
 ) -> None:
-    """``qemu-img convert -p -t CACHE -W -m N -f SRC_FMT -O DST_FMT [-n] SRC DST``."""
+    """``qemu-img convert -p -t CACHE -W -m N -f SRC_FMT -O DST_FMT [-n] SRC DST``.
+
+    ``-m 8`` (qemu-img's default) rather than 16: each coroutine holds a 2 MiB buffer, so 16 cost
+    qemu-img 16 MiB more RSS (40 vs 24 MiB) and measured no faster through nbdkit's curl plugin,
+    which serves one request at a time. ``-t writeback`` (qemu-img flushes at the end) measured
+    faster than ``-t none`` (O_DIRECT) for both qcow2 and compressed qcow2.
+    """
     argv = [QEMU_IMG, "convert", "-p", "-t", cache, "-W", "-m", str(parallel), "-f", src_fmt, "-O", dst_fmt]
     if existing_target:
         argv.append("-n")

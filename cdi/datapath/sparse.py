@@ -28,9 +28,9 @@ from cdi.datapath.source import Stream
 
 log = logging.getLogger(__name__)
 
-CHUNK = 4 << 20  # bytes per read; a multiple of SEGMENT
+CHUNK = 2 << 20  # bytes per read; a multiple of SEGMENT
 SEGMENT = 64 << 10  # zero-detection granularity
-POOL = 4  # buffers in flight (POOL * CHUNK bounds the pump's memory)
+POOL = 4  # buffers in flight (POOL * CHUNK bounds the pump's memory; 4 x 2 MiB is as fast as 4 x 4)
 SYNC_STEP = 256 << 20  # fdatasync at least this often (bytes of output offset)
 WRITEBACK_STEP = 32 << 20  # start writeback of this much at a time
 
@@ -39,7 +39,10 @@ FALLOC_FL_PUNCH_HOLE = 0x02
 FALLOC_FL_ZERO_RANGE = 0x10
 BLKGETSIZE64 = 0x80081272
 BLKZEROOUT = 0x127F
+SYNC_FILE_RANGE_WAIT_BEFORE = 1
 SYNC_FILE_RANGE_WRITE = 2
+SYNC_FILE_RANGE_WAIT_AFTER = 4
+DROP_BEHIND = True  # drop written-back pages from the page cache (see Target._bounded_sync)
 
 try:
     _libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -58,6 +61,19 @@ def fallocate(fd: int, mode: int, offset: int, length: int) -> None:
 def start_writeback(fd: int, offset: int, length: int) -> None:
     """Ask the kernel to start writing a range back now (non-blocking; best effort)."""
     _libc.sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE)
+
+
+def write_and_drop(fd: int, offset: int, length: int) -> None:
+    """Wait until a range is on disk, then drop it from the page cache (best effort).
+
+    Pages we wrote are charged to our memory cgroup; left in the cache they make a limited
+    worker reclaim (kernel CPU in the writer) and crowd out the page cache of everything else.
+    """
+    _libc.sync_file_range(
+        fd, offset, length, SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER
+    )
+    with contextlib.suppress(OSError):
+        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
 
 
 def device_size(fd: int) -> int:
@@ -87,6 +103,7 @@ class Target:
         self.data_bytes = 0
         self._synced_to = 0
         self._writeback_from = 0
+        self._dropped_to = 0
         self._zero_fallback_logged = False
 
     @classmethod
@@ -155,6 +172,11 @@ class Target:
     def _bounded_sync(self, end: int) -> None:
         if end - self._writeback_from >= WRITEBACK_STEP:
             start_writeback(self.fd, self._writeback_from, end - self._writeback_from)
+            if DROP_BEHIND and self._dropped_to < self._writeback_from:
+                # the window before this one has been writing back for a while: wait for it
+                # and drop it, so the cache holds at most ~2 windows of our data
+                write_and_drop(self.fd, self._dropped_to, self._writeback_from - self._dropped_to)
+                self._dropped_to = self._writeback_from
             self._writeback_from = end
         if end - self._synced_to >= SYNC_STEP:
             os.fdatasync(self.fd)
@@ -162,6 +184,10 @@ class Target:
 
     def sync(self) -> None:
         os.fsync(self.fd)
+        if DROP_BEHIND and self._dropped_to < self._writeback_from:
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(self.fd, self._dropped_to, 0, os.POSIX_FADV_DONTNEED)
+            self._dropped_to = self._writeback_from
 
     def finish_size(self, size: int) -> None:
         """Files: set the final size (growing keeps holes); block devices keep theirs."""

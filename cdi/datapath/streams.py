@@ -243,8 +243,39 @@ DECODERS: dict[str, Callable[[Stream], Stream]] = {
 }
 
 
-def peel(stream: Stream, max_layers: int = 4) -> tuple[Peek, list[str], str]:
-    """Strip compression layers while streaming; returns (stream, layers, inner format)."""
+ReadAt = Callable[[int, int], bytes]
+
+
+def _xz_decoder(top: Stream, random_access: tuple[ReadAt, int] | None) -> Stream:
+    """In-process parallel decoding when the index can be read first; else ``xz -d -T2``."""
+    if random_access is not None:
+        from cdi.datapath import xzpar
+
+        read_at, size = random_access
+        try:
+            lay = xzpar.layout(read_at, size)
+        except CDIError as e:
+            log.warning("cannot read the xz index with Range (%s); decoding with xz -T2", e)
+            lay = None
+        if lay is not None:
+            log.info(
+                "xz: %d blocks in %d stream(s); decoding them in parallel in-process",
+                lay.block_count,
+                len(lay.streams),
+            )
+            return xzpar.ParallelXzStream(top, lay, invalid)
+        log.info("xz: not a multi-block file with small blocks; decoding with xz -T2")
+    return XzStream(top)
+
+
+def peel(
+    stream: Stream, max_layers: int = 4, random_access: tuple[ReadAt, int] | None = None
+) -> tuple[Peek, list[str], str]:
+    """Strip compression layers while streaming; returns (stream, layers, inner format).
+
+    ``random_access`` = (read_at(offset, n) -> bytes, size) of the stream as served, when it can
+    be read at offsets (Range); it lets an outermost xz layer be decoded in parallel.
+    """
     layers: list[str] = []
     top = Peek(stream)
     fmt = formats.sniff(top.head)
@@ -254,7 +285,12 @@ def peel(stream: Stream, max_layers: int = 4) -> tuple[Peek, list[str], str]:
                 f"more than {max_layers} nested compression layers ({'+'.join(layers)}); refusing",
                 reason=Reason.INVALID_IMAGE,
             )
+        outer = not layers
         layers.append(fmt)
-        top = Peek(DECODERS[fmt](top))
+        if fmt == formats.XZ:
+            decoder = _xz_decoder(top, random_access if outer else None)
+        else:
+            decoder = DECODERS[fmt](top)
+        top = Peek(decoder)
         fmt = formats.sniff(top.head)
     return top, layers, fmt

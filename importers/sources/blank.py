@@ -30,7 +30,10 @@ FALLOC_FL_ZERO_RANGE = 0x10
 _STEP = 1 << 30  # one fallocate call per GiB, so progress moves on large devices
 _ZERO_CHUNK = 8 * MiB
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+try:
+    _libc = ctypes.CDLL("libc.so.6", use_errno=True)
+except OSError:  # not glibc: find_library forks ldconfig, so only as a fallback
+    _libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
 
 

@@ -524,3 +524,33 @@ def test_tar_kubevirt_content_is_raw(vol: Path, tmp_path: Path) -> None:
     images.make_tar(tar, [("file", "f", b"data")], fmt=tarfile.USTAR_FORMAT)
     r = do_run(FileSource(tar), settings(vol))
     assert r.outcome == Outcome.SUCCEEDED and r.details["format"] == "tar"
+
+
+@pytest.mark.parametrize("supports_range", [True, False])
+def test_multiblock_xz_parallel_or_subprocess(
+    imgs: Images, vol: Path, supports_range: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Multi-block xz with Range decodes in-process in parallel; without Range through xz -T2."""
+    import subprocess
+
+    from cdi.datapath import xzpar
+
+    monkeypatch.setattr(xzpar, "MIN_SIZE", 0)
+    xz = str(vol.parent / "multi.raw.xz")
+    with open(imgs.raw, "rb") as f, open(xz, "wb") as out:
+        subprocess.run(["xz", "-1", "-c", "--block-size=256KiB"], stdin=f, stdout=out, check=True)
+    used: list[str] = []
+    real = xzpar.ParallelXzStream.__init__
+
+    def spy(self: xzpar.ParallelXzStream, *a: object, **kw: object) -> None:
+        used.append("parallel")
+        real(self, *a, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(xzpar.ParallelXzStream, "__init__", spy)
+    r = do_run(
+        FileSource(xz, supports_range=supports_range),
+        settings(vol, checksum=f"sha256:{images.sha256_of(xz)}"),
+    )
+    assert_imported(vol, imgs.raw, r, imgs.data_bytes)
+    assert r.bytes_transferred == os.path.getsize(xz)
+    assert used == (["parallel"] if supports_range else [])

@@ -1,0 +1,664 @@
+"""The upload proxy (``python -m uploadproxy.proxy --data-dir D``): an asyncio HTTPS server.
+
+CDI's endpoints (``/v1beta1/upload``, ``/v1alpha1/upload``, ``/v1beta1/upload-async``,
+``/v1beta1/upload-form``, ``/v1beta1/upload-form-async``, their v1alpha1 twins, HEAD on upload
+paths, ``GET /healthz``). Every upload request carries ``Authorization: Bearer <token>``; the
+token (``uploadproxy.tokens``) names the namespace and volume, so a token for volume A can only
+ever reach volume A. The proxy then waits (at most ``readyWaitSeconds``, 10 s) until the volume's
+upload server is ready (PVC annotations written by the controller: ``storage.upload.target``,
+``storage.pod.ready=true``, ``embedded.cdi.kubevirt.io/upload-server``) and streams the body
+through: one bounded buffer per direction, ``drain()`` after every write, so a slow volume
+back-pressures the client over TCP and the proxy's memory does not grow with the image.
+
+Status codes: 400 malformed/missing Authorization or wrong token operation; 401 bad, expired,
+unsigned token; 404 unknown path; 409 volume already uploaded; 503 upload server not ready in
+time (with ``Retry-After``); 502 the upload server went away mid-request; the upload server's
+own answers (200, 400 too small / checksum / invalid image, 416 wrong resume offset, 503 busy)
+are passed through. ``X-Cdi-Reason`` names the reason on every error.
+
+Embedded mode: one proxy per data dir, flock ``<data dir>/upload/proxy.lock``, pid in
+``proxy.pid``, URL and CA in ``proxy.json``. Started by the controller (``cdi.controller.upload``)
+or on demand by ``cdi image-upload``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import signal
+import ssl
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from cdi.api import upload as api
+from uploadproxy.tokens import KeyRing, TokenError, bearer
+
+log = logging.getLogger("uploadproxy.proxy")
+
+PVC = "PersistentVolumeClaim"
+UPLOAD_TARGET = "cdi.kubevirt.io/storage.upload.target"
+POD_PHASE = "cdi.kubevirt.io/storage.pod.phase"
+CHUNK = 256 << 10  # bounded buffers: the proxy's memory does not grow with the image
+MAX_HEADER = 64 * 1024
+STATE_FILE = "proxy.json"
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, reason: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+        self.message = message
+        self.headers = headers or {}
+
+
+REASONS = {200: "OK", 100: "Continue", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
+           405: "Method Not Allowed", 409: "Conflict", 411: "Length Required", 413: "Payload Too Large",
+           416: "Range Not Satisfiable", 500: "Internal Server Error", 502: "Bad Gateway",
+           503: "Service Unavailable", 504: "Gateway Timeout"}
+
+
+@dataclass
+class Request:
+    method: str
+    target: str
+    version: str
+    headers: dict[str, str]  # lower-cased names
+    raw_headers: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def path(self) -> str:
+        return urlsplit(self.target).path
+
+
+async def read_head(reader: asyncio.StreamReader) -> bytes | None:
+    try:
+        return await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError as e:
+        if not e.partial:
+            return None
+        raise HTTPError(400, "BadRequest", "incomplete request head") from None
+    except asyncio.LimitOverrunError:
+        raise HTTPError(400, "BadRequest", "request head too large") from None
+
+
+def parse_head(head: bytes) -> tuple[str, list[tuple[str, str]]]:
+    lines = head.decode("latin-1").split("\r\n")
+    first = lines[0]
+    raw = []
+    for line in lines[1:]:
+        if not line:
+            continue
+        name, sep, value = line.partition(":")
+        if not sep:
+            raise HTTPError(400, "BadRequest", f"malformed header line {line[:40]!r}")
+        raw.append((name.strip(), value.strip()))
+    return first, raw
+
+
+def response_bytes(status: int, text: str = "", reason: str = "", headers: dict[str, str] | None = None,
+                   close: bool = False, head_only: bool = False) -> bytes:
+    body = (text + "\n").encode() if text else b""
+    lines = [f"HTTP/1.1 {status} {REASONS.get(status, 'Status')}", "Server: pycdi-uploadproxy",
+             f"Content-Length: {len(body)}", "Content-Type: text/plain; charset=utf-8",
+             "Access-Control-Allow-Origin: *"]
+    if reason:
+        lines.append(f"{api.HDR_REASON}: {reason}")
+    for k, v in (headers or {}).items():
+        lines.append(f"{k}: {v}")
+    if close:
+        lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (b"" if head_only else body)
+
+
+class Proxy:
+    def __init__(self, data_dir: str, config: api.UploadConfig, store: Any = None) -> None:
+        self.data_dir = data_dir
+        self.config = config
+        self.keys = KeyRing.for_data_dir(data_dir)
+        self.keys.ensure()
+        self._store = store
+        self.active = 0
+        self.bytes_proxied = 0
+
+    # --- target lookup --------------------------------------------------------------------------
+
+    @property
+    def store(self) -> Any:
+        if self._store is None:
+            from cdi.store.sqlite import Store
+
+            self._store = Store(os.path.join(self.data_dir, "state.db"))
+        return self._store
+
+    def _lookup(self, ns: str, name: str) -> tuple[str, str, bytes] | HTTPError:
+        """(kind, address, secret) when ready, else the error to give if it stays so."""
+        pvc = self.store.get(PVC, ns, name)
+        if pvc is None:
+            return HTTPError(503, "NotFound", f"PVC {ns}/{name} does not exist (yet)")
+        a = pvc["metadata"].get("annotations") or {}
+        if UPLOAD_TARGET not in a:
+            return HTTPError(503, "NotUploadTarget",
+                             f"PVC {ns}/{name} is not an upload target (no {UPLOAD_TARGET} annotation)")
+        if a.get(POD_PHASE) == "Succeeded":
+            return HTTPError(409, "AlreadyUploaded", f"PVC {ns}/{name} already finished uploading")
+        if a.get(api.POD_READY) != "true" or not a.get(api.UPLOAD_SERVER):
+            return HTTPError(503, "UploadServerNotReady",
+                             f"the upload server for {ns}/{name} is not ready; try again in a few seconds",
+                             {"Retry-After": "2"})
+        addr = a[api.UPLOAD_SERVER]
+        secret = b""
+        if addr.startswith("unix:"):
+            with contextlib.suppress(OSError), open(
+                    os.path.join(os.path.dirname(addr[5:]), api.AUTH_FILE), "rb") as f:
+                secret = f.read().strip()
+        return ("unix" if addr.startswith("unix:") else "tcp", addr, secret)
+
+    async def connect_target(self, ns: str, name: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
+        deadline = time.monotonic() + self.config.ready_wait
+        last: HTTPError | None = None
+        while True:
+            found = await asyncio.to_thread(self._lookup, ns, name)
+            if isinstance(found, HTTPError):
+                last = found
+                if found.status == 409:
+                    raise found
+            else:
+                kind, addr, secret = found
+                try:
+                    if kind == "unix":
+                        r, w = await asyncio.open_unix_connection(addr[5:], limit=4 * CHUNK)
+                    else:
+                        host, _, port = addr.rpartition(":")
+                        r, w = await asyncio.open_connection(host, int(port), limit=4 * CHUNK)
+                    return r, w, secret
+                except OSError as e:
+                    last = HTTPError(503, "UploadServerNotReady",
+                                     f"cannot reach the upload server for {ns}/{name}: {e}", {"Retry-After": "2"})
+            if time.monotonic() >= deadline:
+                assert last is not None
+                raise last
+            await asyncio.sleep(0.5)
+
+    # --- connections ----------------------------------------------------------------------------
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.active += 1
+        try:
+            while True:
+                try:
+                    keep = await self._one(reader, writer)
+                except HTTPError as e:
+                    with contextlib.suppress(Exception):
+                        writer.write(response_bytes(e.status, e.message, e.reason, e.headers, close=True))
+                        await writer.drain()
+                    keep = False
+                if not keep:
+                    break
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, TimeoutError) as e:
+            log.info("client connection ended: %s", e)
+        except Exception:
+            log.exception("request failed")
+        finally:
+            self.active -= 1
+            with contextlib.suppress(Exception):
+                writer.close()
+                await asyncio.wait_for(writer.wait_closed(), 2)
+
+    async def _one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+        head = await read_head(reader)
+        if head is None:
+            return False
+        first, raw = parse_head(head)
+        parts = first.split(" ")
+        if len(parts) != 3:
+            raise HTTPError(400, "BadRequest", "malformed request line")
+        req = Request(parts[0].upper(), parts[1], parts[2], {k.lower(): v for k, v in raw}, raw)
+        path = req.path
+        wants_close = req.headers.get("connection", "").lower() == "close" or req.version == "HTTP/1.0"
+        if req.method == "OPTIONS":
+            writer.write(response_bytes(200, headers={
+                "Access-Control-Allow-Methods": "GET, HEAD, POST, PUT, OPTIONS",
+                "Access-Control-Allow-Headers": "Authorization, Content-Type, Content-Range, X-Checksum"}))
+            await writer.drain()
+            return not wants_close and not self._has_body(req)
+        if path == api.HEALTH_PATH and req.method in ("GET", "HEAD"):
+            writer.write(response_bytes(200, "OK", head_only=req.method == "HEAD"))
+            await writer.drain()
+            return not wants_close and not self._has_body(req)
+        if path not in api.UPLOAD_PATHS:
+            raise HTTPError(404, "NotFound", f"no such endpoint {path}; upload to /v1beta1/upload or "
+                            "/v1beta1/upload-async")
+        if req.method not in ("POST", "PUT", "HEAD"):
+            raise HTTPError(405, "MethodNotAllowed", f"{req.method} is not allowed on {path}; use POST")
+        try:
+            claims = self.keys.verify(bearer(req.headers.get("authorization")))
+        except TokenError as e:
+            log.info("refused %s %s: %s (%s)", req.method, path, e.reason, e.message)
+            raise HTTPError(e.status, e.reason, e.message) from None
+        sr, sw, secret = await self.connect_target(claims.namespace, claims.name)
+        try:
+            return await self._forward(req, reader, writer, sr, sw, secret, claims.namespace, claims.name,
+                                       wants_close)
+        finally:
+            with contextlib.suppress(Exception):
+                sw.close()
+
+    @staticmethod
+    def _has_body(req: Request) -> bool:
+        return "chunked" in req.headers.get("transfer-encoding", "").lower() or int(
+            req.headers.get("content-length") or 0) > 0
+
+    async def _forward(self, req: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                       sr: asyncio.StreamReader, sw: asyncio.StreamWriter, secret: bytes, ns: str, name: str,
+                       wants_close: bool) -> bool:
+        chunked = "chunked" in req.headers.get("transfer-encoding", "").lower()
+        length: int | None = None
+        if not chunked and req.method != "HEAD":
+            try:
+                length = int(req.headers.get("content-length", ""))
+            except ValueError:
+                raise HTTPError(411, "LengthRequired",
+                                "send Content-Length (curl -T does) or Transfer-Encoding: chunked") from None
+        lines = [f"{req.method} {req.target} HTTP/1.1", "Host: upload-server"]
+        for k in ("content-type", "content-range", "x-checksum", "x-cdi-content-type", "x-upload-id"):
+            if k in req.headers:
+                lines.append(f"{k}: {req.headers[k]}")
+        if chunked:
+            lines.append("Transfer-Encoding: chunked")
+        elif length is not None:
+            lines.append(f"Content-Length: {length}")
+        lines.append(f"{api.HDR_PROXY_AUTH}: {secret.decode()}")
+        lines.append(f"X-Cdi-Target: {ns}/{name}")
+        lines.append("Connection: close")
+        sw.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        await sw.drain()
+        if req.method == "HEAD":
+            status, headers, _ = await self._read_response(sr, head=True)
+            writer.write(response_bytes(status, "", headers.pop(api.HDR_REASON.lower(), ""),
+                                        _pass_headers(headers), head_only=True))
+            await writer.drain()
+            return not wants_close
+        if req.headers.get("expect", "").lower() == "100-continue":
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            await writer.drain()
+
+        if not chunked and length and hasattr(writer.transport, "set_protocol"):
+            pump = asyncio.ensure_future(self._pump_fast(reader, writer, sw, length))
+        else:
+            pump = asyncio.ensure_future(self._pump(reader, sw, length, chunked))
+        resp = asyncio.ensure_future(self._read_response(sr))
+        done, _ = await asyncio.wait({pump, resp}, return_when=asyncio.FIRST_COMPLETED)
+        body_complete = False
+        if pump in done:
+            exc = pump.exception()
+            if exc is not None:
+                resp.cancel()
+                if isinstance(exc, _ClientGone):
+                    log.info("client went away during the upload to %s/%s: %s", ns, name, exc)
+                    sw.close()  # the upload server sees the body end early and waits for a resume
+                    raise ConnectionResetError(str(exc))
+                if isinstance(exc, _ServerGone):
+                    raise HTTPError(502, "UploadServerGone",
+                                    f"the upload server closed the connection during the upload: {exc}; "
+                                    "HEAD the upload path for Upload-Offset and resume")
+                raise exc
+            body_complete = True
+            try:
+                status, headers, body = await resp
+            except (ConnectionError, asyncio.IncompleteReadError) as e:
+                raise HTTPError(502, "UploadServerGone",
+                                f"the upload server went away before answering: {e}; see the DataVolume "
+                                "status, or HEAD the upload path and resume") from None
+        else:
+            # The server answered before the body was done (an early error): pass it on, stop.
+            pump.cancel()
+            with contextlib.suppress(BaseException):
+                await pump
+            try:
+                status, headers, body = resp.result()
+            except (ConnectionError, asyncio.IncompleteReadError) as e:
+                raise HTTPError(502, "UploadServerGone", f"the upload server went away: {e}") from None
+        reason = headers.pop(api.HDR_REASON.lower(), "")
+        keep = body_complete and not wants_close
+        writer.write(response_bytes(status, body.decode("utf-8", "replace").rstrip("\n"), reason,
+                                    _pass_headers(headers), close=not keep))
+        await writer.drain()
+        if not body_complete:
+            await _linger(reader, writer)
+        return keep
+
+    async def _pump_fast(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                         sw: asyncio.StreamWriter, length: int) -> None:
+        """Content-Length bodies: TLS decrypts straight into one buffer that goes to the server
+        (a BufferedProtocol on the client transport), no per-chunk copies through a StreamReader.
+        Backpressure: the client transport stops reading while the server side is over its
+        high-water mark."""
+        loop = asyncio.get_running_loop()
+        ct = writer.transport
+        pump = _BodyPump(ct, sw, length, loop.create_future(), self)
+        old = ct.get_protocol()
+        # Synchronously (no await until the switch is done): from now on the pump gets the data;
+        # what the StreamReader already holds of the body goes first.
+        ct.set_protocol(pump)
+        pre = reader._buffer  # type: ignore[attr-defined]
+        if pre:
+            take = bytes(pre[:length])
+            del pre[: len(take)]
+            pump.feed(take)
+        if not pump.done.done() and not pump.waiting:
+            ct.resume_reading()  # type: ignore[attr-defined]
+        try:
+            await pump.done
+        finally:
+            if not ct.is_closing():
+                ct.pause_reading()  # type: ignore[attr-defined]
+            ct.set_protocol(old)
+
+    async def _pump(self, reader: asyncio.StreamReader, sw: asyncio.StreamWriter, length: int | None,
+                    chunked: bool) -> None:
+        async def send(data: bytes) -> None:
+            try:
+                sw.write(data)
+                await sw.drain()
+            except (ConnectionError, OSError) as e:
+                raise _ServerGone(str(e) or type(e).__name__) from None
+
+        async def recv(n: int) -> bytes:
+            try:
+                data = await reader.read(n)
+            except (ConnectionError, ssl.SSLError, OSError) as e:
+                raise _ClientGone(str(e) or type(e).__name__) from None
+            if not data:
+                raise _ClientGone("the client closed the connection before the end of the body")
+            return data
+
+        if not chunked:
+            left = length or 0
+            while left > 0:
+                data = await recv(min(CHUNK, left))
+                left -= len(data)
+                self.bytes_proxied += len(data)
+                await send(data)
+            return
+        while True:
+            try:
+                line = await reader.readuntil(b"\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError) as e:
+                raise _ClientGone(f"chunked body ended early: {e}") from None
+            try:
+                size = int(line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                raise _ClientGone("malformed chunked body") from None
+            if size == 0:
+                while (await reader.readuntil(b"\r\n")) != b"\r\n":
+                    pass
+                await send(b"0\r\n\r\n")
+                return
+            await send(f"{size:x}\r\n".encode())
+            left = size
+            while left > 0:
+                data = await recv(min(CHUNK, left))
+                left -= len(data)
+                self.bytes_proxied += len(data)
+                await send(data)
+            if await reader.readexactly(2) != b"\r\n":
+                raise _ClientGone("malformed chunked body")
+            await send(b"\r\n")
+
+    @staticmethod
+    async def _read_response(sr: asyncio.StreamReader, head: bool = False) -> tuple[int, dict[str, str], bytes]:
+        while True:
+            raw_head = await sr.readuntil(b"\r\n\r\n")
+            first, raw = parse_head(raw_head)
+            status = int(first.split(" ", 2)[1])
+            if status != 100:
+                break
+        headers = {k.lower(): v for k, v in raw}
+        body = b""
+        if not head:
+            n = int(headers.get("content-length") or 0)
+            body = await sr.readexactly(min(n, MAX_HEADER)) if n else b""
+        return status, headers, body
+
+
+class _ClientGone(Exception):
+    pass
+
+
+class _BodyPump(asyncio.BufferedProtocol):
+    def __init__(self, client: Any, sw: asyncio.StreamWriter, left: int, done: asyncio.Future[None],
+                 proxy: Proxy) -> None:
+        self.client = client
+        self.sw = sw
+        self.out = sw.transport
+        self.left = left
+        self.done = done
+        self.proxy = proxy
+        self.buf = memoryview(bytearray(CHUNK))
+        self.buf_backup = self.buf
+        self.waiting = False
+        self.tasks: set[asyncio.Future[None]] = set()  # keep references to running helpers
+
+    def feed(self, data: bytes) -> None:
+        n = len(data)
+        if n:
+            self.buf_backup = self.buf
+            self.buf = memoryview(data)
+            try:
+                self.buffer_updated(n)
+            finally:
+                self.buf = self.buf_backup
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self.buf[: max(1, min(len(self.buf), self.left))]
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self.done.done():
+            return
+        if self.out.is_closing():
+            self.done.set_exception(_ServerGone("the upload server closed the connection"))
+            return
+        self.out.write(self.buf[:nbytes])  # the transport copies what it cannot send at once
+        self.left -= nbytes
+        self.proxy.bytes_proxied += nbytes
+        if self.left <= 0:
+            self.client.pause_reading()
+            self.tasks.add(asyncio.ensure_future(self._finish()))
+        elif self.out.get_write_buffer_size() > 4 * CHUNK:
+            # Backpressure: stop reading the client until the upload server caught up.
+            self.client.pause_reading()
+            if not self.waiting:
+                self.waiting = True
+                self.tasks.add(asyncio.ensure_future(self._wait_drain()))
+
+    async def _wait_drain(self) -> None:
+        try:
+            await self.sw.drain()
+        except (ConnectionError, OSError) as e:
+            if not self.done.done():
+                self.done.set_exception(_ServerGone(str(e) or type(e).__name__))
+            return
+        self.waiting = False
+        if not self.done.done() and not self.client.is_closing():
+            self.client.resume_reading()
+
+    async def _finish(self) -> None:
+        try:
+            await self.sw.drain()
+        except (ConnectionError, OSError) as e:
+            if not self.done.done():
+                self.done.set_exception(_ServerGone(str(e) or type(e).__name__))
+            return
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def eof_received(self) -> bool:
+        if not self.done.done():
+            self.done.set_exception(_ClientGone("the client closed the connection before the end of the body"))
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.done.done():
+            self.done.set_exception(_ClientGone(f"the client connection was lost: {exc or 'closed'}"))
+
+
+class _ServerGone(Exception):
+    pass
+
+
+def _pass_headers(headers: dict[str, str]) -> dict[str, str]:
+    out = {}
+    names = {"upload-offset": api.HDR_OFFSET, "upload-length": api.HDR_LENGTH, "retry-after": "Retry-After",
+             "x-upload-state": "X-Upload-State", "x-upload-id": api.HDR_UPLOAD_ID}
+    for k, v in headers.items():
+        if k in names:
+            out[names[k]] = v
+    return out
+
+
+async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """After an early answer: stop writing and drain a little so the client can read it."""
+    with contextlib.suppress(Exception):
+        writer.transport.resume_reading()  # type: ignore[attr-defined]  # paused by the body pump
+    with contextlib.suppress(Exception):
+        if writer.can_write_eof():
+            writer.write_eof()
+    end = time.monotonic() + 3.0
+    with contextlib.suppress(Exception):
+        while time.monotonic() < end:
+            data = await asyncio.wait_for(reader.read(CHUNK), max(0.1, end - time.monotonic()))
+            if not data:
+                break
+
+
+# --- daemon ---------------------------------------------------------------------------------
+
+
+def load_config(data_dir: str) -> api.UploadConfig:
+    path = os.path.join(data_dir, "config.yaml")
+    try:
+        with open(path) as f:
+            raw = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raw = {}
+    return api.UploadConfig.from_mapping(raw.get("upload") if isinstance(raw, dict) else None)
+
+
+def ssl_context(data_dir: str, config: api.UploadConfig) -> tuple[ssl.SSLContext, Any]:
+    from uploadproxy import certs  # cryptography.x509 only when needed (memory)
+
+    files = certs.ensure_tls(data_dir, config.proxy_cert_file, config.proxy_key_file)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(files.cert, files.key)
+    return ctx, files
+
+
+async def serve(data_dir: str, config: api.UploadConfig, ready: Any = None,
+                stop: asyncio.Event | None = None) -> None:
+    proxy = Proxy(data_dir, config)
+    ctx, files = ssl_context(data_dir, config)
+    server = await asyncio.start_server(proxy.handle, config.proxy_address, config.proxy_port, ssl=ctx,
+                                        limit=4 * CHUNK, reuse_address=True)
+    port = server.sockets[0].getsockname()[1]
+    host = config.proxy_address
+    url = f"https://{'[' + host + ']' if ':' in host else host}:{port}"
+    state = {"url": url, "pid": os.getpid(), "ca": files.ca, "cert": files.cert, "started": time.time()}
+    d = api.upload_dir(data_dir)
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    with open(os.path.join(d, STATE_FILE + ".tmp"), "w") as f:
+        json.dump(state, f)
+    os.replace(os.path.join(d, STATE_FILE + ".tmp"), os.path.join(d, STATE_FILE))
+    log.info("upload proxy listening on %s", url)
+    if ready is not None:
+        ready(url)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    async def watchdog() -> None:
+        # A proxy whose data dir is gone (a test's temporary dir) has nothing left to serve.
+        while not stop.is_set():
+            await asyncio.sleep(2.0)
+            if not os.path.exists(os.path.join(data_dir, "state.db")):
+                log.info("data dir %s is gone; stopping", data_dir)
+                stop.set()
+
+    wd = asyncio.ensure_future(watchdog())
+    async with server:
+        await stop.wait()
+    wd.cancel()
+    log.info("upload proxy stopped")
+
+
+def _tame_malloc() -> None:
+    """Large buffers straight from mmap and few arenas: freed memory goes back to the system."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD: fixed, not the dynamic one that creeps up
+        libc.mallopt(-8, 2)  # M_ARENA_MAX
+
+
+def main(argv: list[str] | None = None) -> int:
+    _tame_malloc()
+    p = argparse.ArgumentParser(prog="uploadproxy", description="pycdi upload proxy (embedded backend)")
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--address")
+    p.add_argument("--port", type=int)
+    args = p.parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    data_dir = os.path.abspath(args.data_dir)
+    try:
+        config = load_config(data_dir)
+    except ValueError as e:
+        print(f"error: {data_dir}/config.yaml: {e}", file=sys.stderr)
+        return 2
+    if args.address:
+        config = _replace(config, proxy_address=args.address)
+    if args.port is not None:
+        config = _replace(config, proxy_port=args.port)
+    d = api.upload_dir(data_dir)
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    fd = os.open(os.path.join(d, "proxy.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"an upload proxy already runs for {data_dir}", file=sys.stderr)
+        return 1
+    with open(os.path.join(d, "proxy.pid"), "w") as f:
+        f.write(f"{os.getpid()}\n")
+    try:
+        asyncio.run(serve(data_dir, config))
+    except OSError as e:
+        log.error("cannot serve on %s:%s: %s", config.proxy_address, config.proxy_port, e)
+        return 1
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(d, "proxy.pid"))
+        os.close(fd)
+    return 0
+
+
+def _replace(config: api.UploadConfig, **kw: Any) -> api.UploadConfig:
+    import dataclasses
+
+    return dataclasses.replace(config, **kw)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
