@@ -17,6 +17,8 @@ import sys
 import time
 from typing import Any
 
+from cdi.common.locks import lock_held
+
 LOCK = "controller.lock"
 PID = "controller.pid"
 LOG = "controller.log"
@@ -41,19 +43,7 @@ def code_fingerprint() -> str:
 
 
 def _lock_held(data_dir: str) -> bool:
-    path = os.path.join(data_dir, LOCK)
-    if not os.path.exists(path):
-        return False
-    fd = os.open(path, os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
+    return lock_held(os.path.join(data_dir, LOCK))
 
 
 def _pid(data_dir: str) -> int | None:

@@ -25,7 +25,6 @@ Checksum (beyond CDI): ``spec.source.upload.checksum: sha256:<hex>`` (or the req
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import secrets
@@ -42,6 +41,7 @@ from cdi.api.contract import BLOCK, ImportSettings, Outcome, Reason
 from cdi.api.phases import DataVolumePhase
 from cdi.backends.base import VolumeInfo, WorkerStatus
 from cdi.common.errors import NotFoundError
+from cdi.common.locks import lock_held
 from cdi.common.units import human_bytes
 from cdi.controller.datavolume import PVC, DataVolumeController
 from cdi.controller.storage import StorageRequest, resolve, too_small_message
@@ -96,19 +96,7 @@ def upload_config(data_dir: str) -> api.UploadConfig:
 
 
 def proxy_running(data_dir: str) -> bool:
-    path = os.path.join(api.upload_dir(data_dir), "proxy.lock")
-    if not os.path.exists(path):
-        return False
-    fd = os.open(path, os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
+    return lock_held(os.path.join(api.upload_dir(data_dir), "proxy.lock"))
 
 
 def ensure_proxy(data_dir: str, wait: float = 0.0) -> dict[str, Any] | None:
