@@ -4,6 +4,7 @@
 detects the format and walks explicit phases::
 
     PROBE -> STREAM_RAW ------------------------------------> FINALIZE -> DONE
+          -> STREAM_QCOW2 (qcow2 decoded in one pass) -------> FINALIZE
           -> CONVERT_DIRECT (nbdkit + qemu-img, no scratch) -> FINALIZE
           -> STREAM_SCRATCH -> CONVERT_SCRATCH ------------> FINALIZE
           -> EXTRACT (tar, contentType archive) ------------> DONE
@@ -30,7 +31,7 @@ from typing import Any
 from cdi.api.contract import BLOCK, ImportSettings, Outcome, Reason, WorkerResult
 from cdi.common.errors import CDIError, PermanentError, TemporaryError
 from cdi.common.units import MiB, human_bytes, round_down, round_up
-from cdi.datapath import archive, formats, qemu_img, sparse, streams, xzpar
+from cdi.datapath import archive, formats, qcow2stream, qemu_img, sparse, streams, xzpar
 from cdi.datapath.nbdkit import Nbdkit
 from cdi.datapath.progress import ProgressReporter
 from cdi.datapath.source import Source, SourceInfo
@@ -45,6 +46,7 @@ RESUME_BACKOFF = 0.5  # seconds, times the resumes so far
 class Phase(enum.Enum):
     PROBE = "Probe"
     STREAM_RAW = "StreamRaw"
+    STREAM_QCOW2 = "StreamQcow2"
     CONVERT_DIRECT = "ConvertDirect"
     STREAM_SCRATCH = "StreamScratch"
     CONVERT_SCRATCH = "ConvertScratch"
@@ -225,6 +227,7 @@ class _Machine:
         steps: dict[Phase, Callable[[], Phase]] = {
             Phase.PROBE: self.probe,
             Phase.STREAM_RAW: self.stream_raw,
+            Phase.STREAM_QCOW2: self.stream_qcow2,
             Phase.CONVERT_DIRECT: self.convert_direct,
             Phase.STREAM_SCRATCH: self.stream_scratch,
             Phase.CONVERT_SCRATCH: self.convert_scratch,
@@ -384,6 +387,10 @@ class _Machine:
             facts = formats.check_header(fmt, job.head)
             if facts.virtual_size:
                 self._check_fits(facts.virtual_size)
+            if fmt == formats.QCOW2:
+                phase = self._qcow2_path()
+                if phase is not None:
+                    return phase
             reason = self._scratch_reason()
             if reason:
                 job.scratch_reason = reason
@@ -396,6 +403,21 @@ class _Machine:
             job.virtual_size = job.info.size
             self._check_fits(job.info.size)
         return Phase.STREAM_RAW
+
+    def _qcow2_path(self) -> Phase | None:
+        """Decode a qcow2 in one pass unless the decoder cannot (None: qemu-img's paths)."""
+        job = self.job
+        header = qcow2stream.parse_header(job.head)
+        why = qcow2stream.not_streamable(header)
+        if why:
+            log.info("%s: converting it with qemu-img", why)
+            return None
+        if header.nb_snapshots and not job.layers and job.checksum is None and not self._scratch_reason():
+            # internal snapshots hold clusters the current disk does not use: let qemu-img
+            # fetch only the current ones through nbdkit
+            log.info("the qcow2 image has %d internal snapshot(s): reading it through nbdkit", header.nb_snapshots)
+            return Phase.CONVERT_DIRECT
+        return Phase.STREAM_QCOW2
 
     def _fixed_vhd(self) -> bool:
         """A fixed VHD is raw data plus a 512-byte footer: look at the end when we can."""
@@ -511,6 +533,63 @@ class _Machine:
         finally:
             target.close()
         return Phase.DONE
+
+    def stream_qcow2(self) -> Phase:
+        job = self.job
+        job.path = "qcow2-stream"
+        header = qcow2stream.parse_header(job.head)
+        job.virtual_size = header.size
+        target = self._open_target()
+        spool = qcow2stream.Spool(self._spool_path)
+        try:
+            decoder = qcow2stream.Decoder(header, target, spool)
+            while True:
+                opened = self.opened
+                assert opened is not None
+                try:
+                    with sparse.ChunkReader(opened.top) as reader:
+                        while (item := reader.get()) is not None:
+                            buf, n = item
+                            decoder.feed(decoder.pos, memoryview(buf)[:n])
+                            reader.release(buf)
+                    job.transferred += opened.served
+                    break
+                except TemporaryError as e:
+                    job.transferred += opened.served
+                    opened.close()
+                    self.opened = None
+                    target.sync()
+                    offset = self._reopen(opened, e, target)
+                    if offset != 0 and offset != decoder.pos:
+                        raise TemporaryError(
+                            f"internal: resumed at {offset}, decoded up to {decoder.pos}", reason=Reason.INTERNAL
+                        ) from e
+                    if offset == 0:
+                        # restarted from the beginning: decode again (same bytes, same offsets)
+                        spool.close()
+                        spool = qcow2stream.Spool(self._spool_path)
+                        decoder = qcow2stream.Decoder(header, target, spool)
+            decoder.finish()
+            job.data_bytes = target.data_bytes
+            if decoder.spooled_used:
+                job.scratch_reason = (
+                    f"the qcow2 image has tables after the data they map "
+                    f"({human_bytes(decoder.spooled_used)} went through scratch space)"
+                )
+                log.info("scratch space used: %s", job.scratch_reason)
+            self._verify_checksum()
+            self._commit_file(target)
+        finally:
+            spool.close()
+            target.close()
+        return Phase.DONE
+
+    def _spool_path(self) -> str:
+        s = self.s
+        if self.scratch_dir is None:
+            base = s.scratch_dir or (s.data_dir if s.volume_mode != BLOCK else None)
+            self.scratch_dir = tempfile.mkdtemp(prefix=".cdi-scratch-", dir=base)
+        return os.path.join(self.scratch_dir, "qcow2-spool")
 
     def convert_direct(self) -> Phase:
         job = self.job

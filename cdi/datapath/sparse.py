@@ -221,29 +221,30 @@ HANDOVER_SECONDS = 0.5
 _ZEROS = bytearray(SEGMENT)  # bytearray == memoryview is a memcmp; memoryview == bytes is not
 
 
-def pump(
-    stream: Stream,
-    target: Target,
-    offset: int,
-    limit: int,
-    on_written: Callable[[int], None] | None = None,
-) -> PumpResult:
-    """Copy ``stream`` to ``target`` from ``offset``; zero segments become holes/zeroed ranges.
+class ChunkReader:
+    """Reads a stream on a thread into a pool of POOL reused CHUNK buffers.
 
-    Raises what the stream raises (after everything read before it is written) and ``Overflow``
-    when output would pass ``limit``. Memory is bounded by POOL * CHUNK.
+    ``get()`` returns the next ``(buffer, length)`` or None at the end of the stream, and
+    re-raises what the stream raised (after every chunk read before it); ``release(buffer)``
+    gives a buffer back. Memory is bounded by POOL * CHUNK. Use as a context manager.
     """
-    free: queue.Queue[bytearray] = queue.Queue()
-    for _ in range(POOL):
-        free.put(bytearray(CHUNK))
-    full: queue.Queue[tuple[bytearray, int] | BaseException | None] = queue.Queue()
-    stop = threading.Event()
 
-    def reader() -> None:
+    def __init__(self, stream: Stream) -> None:
+        self._stream = stream
+        self._free: queue.Queue[bytearray] = queue.Queue()
+        for _ in range(POOL):
+            self._free.put(bytearray(CHUNK))
+        self._full: queue.Queue[tuple[bytearray, int] | BaseException | None] = queue.Queue()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="chunk-reader", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        stream, free, full = self._stream, self._free, self._full
         try:
-            while not stop.is_set():
+            while not self._stop.is_set():
                 buf = free.get()
-                if stop.is_set():
+                if self._stop.is_set():
                     return
                 view = memoryview(buf)
                 got = 0
@@ -274,18 +275,81 @@ def pump(
         except BaseException as e:
             full.put(e)
 
-    t = threading.Thread(target=reader, name="pump-reader", daemon=True)
-    t.start()
+    def get(self) -> tuple[bytearray, int] | None:
+        item = self._full.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def release(self, buf: bytearray) -> None:
+        self._free.put(buf)
+
+    def close(self) -> None:
+        self._stop.set()
+        for _ in range(POOL):
+            self._free.put(bytearray(0))
+        self._thread.join(timeout=2)  # a reader stuck in a stalled read is abandoned; the caller closes its stream
+
+    def __enter__(self) -> ChunkReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def write_sparse(target: Target, offset: int, view: memoryview) -> int:
+    """Write ``view`` at ``offset``: data segments are written, zero segments zeroed; returns data bytes."""
+    n = len(view)
+    seg = 0
+    data_start = -1
+    zero_start = -1
+    data_bytes = 0
+    while seg < n:
+        seg_end = min(seg + SEGMENT, n)
+        zero = (_ZEROS if seg_end - seg == SEGMENT else bytearray(seg_end - seg)) == view[seg:seg_end]
+        if zero:
+            if data_start >= 0:
+                target.write(offset + data_start, view[data_start:seg])
+                data_bytes += seg - data_start
+                data_start = -1
+            if zero_start < 0:
+                zero_start = seg
+        else:
+            if zero_start >= 0:
+                target.zero(offset + zero_start, seg - zero_start)
+                zero_start = -1
+            if data_start < 0:
+                data_start = seg
+        seg = seg_end
+    if data_start >= 0:
+        target.write(offset + data_start, view[data_start:n])
+        data_bytes += n - data_start
+    if zero_start >= 0:
+        target.zero(offset + zero_start, n - zero_start)
+    return data_bytes
+
+
+def pump(
+    stream: Stream,
+    target: Target,
+    offset: int,
+    limit: int,
+    on_written: Callable[[int], None] | None = None,
+) -> PumpResult:
+    """Copy ``stream`` to ``target`` from ``offset``; zero segments become holes/zeroed ranges.
+
+    Raises what the stream raises (after everything read before it is written) and ``Overflow``
+    when output would pass ``limit``. Memory is bounded by POOL * CHUNK.
+    """
     pos = offset
     zero_start = -1  # start of a pending run of zeros
     data_bytes = 0
+    reader = ChunkReader(stream)
     try:
         while True:
-            item = full.get()
+            item = reader.get()
             if item is None:
                 break
-            if isinstance(item, BaseException):
-                raise item
             buf, n = item
             view = memoryview(buf)[:n]
             if pos + n > limit:
@@ -316,7 +380,7 @@ def pump(
                 data_bytes += n - data_start
             del view
             pos += n
-            free.put(buf)
+            reader.release(buf)
             if on_written is not None:
                 on_written(pos)
         if zero_start >= 0:
@@ -327,7 +391,4 @@ def pump(
         if zero_start >= 0:  # flush zeros seen before an error so resume offsets stay exact
             with contextlib.suppress(OSError):
                 target.zero(zero_start, pos - zero_start)
-        stop.set()
-        for _ in range(POOL):
-            free.put(bytearray(0))
-        t.join(timeout=2)  # a reader stuck in a stalled read is abandoned; the caller closes its stream
+        reader.close()

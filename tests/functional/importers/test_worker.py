@@ -88,16 +88,19 @@ def raw_image(tmp_images: Path, served_path: Callable[[Path], str]) -> tuple[str
     return served_path(path), data
 
 
-@pytest.fixture
-def qcow2_image(
-    tmp_images: Path, served_path: Callable[[Path], str], raw_image: tuple[str, bytes]
-) -> tuple[str, bytes]:
+@pytest.fixture(params=["qcow2", "vmdk"])
+def container_image(
+    request: pytest.FixtureRequest,
+    tmp_images: Path,
+    served_path: Callable[[Path], str],
+    raw_image: tuple[str, bytes],
+) -> tuple[str, bytes, str]:
+    """(URL path, raw bytes, expected data path): qcow2 is decoded as it streams, vmdk goes through nbdkit."""
+    fmt = request.param
     raw = tmp_images / "disk.raw"
-    qcow2 = tmp_images / "disk.qcow2"
-    subprocess.run(
-        ["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(raw), str(qcow2)], check=True, timeout=60
-    )
-    return served_path(qcow2), raw_image[1]
+    out = tmp_images / f"disk.{fmt}"
+    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", fmt, str(raw), str(out)], check=True, timeout=60)
+    return served_path(out), raw_image[1], "qcow2-stream" if fmt == "qcow2" else "nbdkit"
 
 
 def test_raw_over_http(tmp_path: Path, nginx: NginxServer, raw_image: tuple[str, bytes]) -> None:
@@ -111,10 +114,10 @@ def test_raw_over_http(tmp_path: Path, nginx: NginxServer, raw_image: tuple[str,
 
 
 @pytest.mark.parametrize("mode", ["auth", "ca", "insecure", "redirect"])
-def test_qcow2_over_https_through_nbdkit(
-    tmp_path: Path, nginx: NginxServer, qcow2_image: tuple[str, bytes], mode: str
+def test_containers_over_https(
+    tmp_path: Path, nginx: NginxServer, container_image: tuple[str, bytes, str], mode: str
 ) -> None:
-    rel, data = qcow2_image
+    rel, data, path = container_image
     kw: dict[str, object] = {"cert_dir": nginx.cert_dir}
     url = f"{nginx.https_url}/{rel}"
     if mode == "auth":
@@ -129,6 +132,7 @@ def test_qcow2_over_https_through_nbdkit(
     assert run.code == 0, run.stderr
     assert sha256_file(run.disk) == sha256_padded(data, USABLE)
     assert not run.result.scratch_used, run.result
+    assert run.result.details["path"] == path
     assert nginx.password not in run.stderr and nginx.password not in run.result.to_json()
 
 

@@ -1,0 +1,386 @@
+"""Streaming qcow2 -> raw: decode a qcow2 that is read once, front to back, with no scratch copy.
+
+A qcow2 file is a header, an L1 table naming the L2 tables, L2 tables mapping each guest cluster
+to a host offset (plain, compressed, zero or unallocated), and the data clusters. Images written
+by ``qemu-img convert`` (and most others) place every L2 table before the clusters it maps, so
+a reader that follows the file in order knows where each data cluster goes when it arrives.
+
+``Decoder.feed(pos, view)`` takes the file's bytes in order. It keeps a heap of the byte ranges
+it still needs (the L1 table, L2 tables, data runs, compressed clusters), keyed by host offset:
+
+- the L1 and L2 tables are collected in memory and parsed when complete, which adds needs;
+- plain data runs are written straight to the target (zero segments become holes);
+- compressed clusters (zlib, or zstd) are collected and inflated into the target;
+- bytes nobody needs *yet* are kept in a sparse spool file (at their host offset) while some
+  table is still unread, because a later table may point back at them. Needs that point behind
+  the read position are then served from the spool. Images laid out in order spool only a few
+  refcount clusters; the rest is reported as scratch use (``spooled_used``).
+
+Memory is bounded by the pending needs: about one L2 table's worth for images in order.
+Images the decoder cannot stream (extended L2 entries, encryption, unknown incompatible
+features) are named by ``not_streamable`` so that the caller can use qemu-img instead.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import heapq
+import logging
+import os
+import struct
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cdi.api.contract import Reason
+from cdi.common.errors import PermanentError
+from cdi.datapath import sparse
+
+log = logging.getLogger(__name__)
+
+MAGIC = b"QFI\xfb"
+OFFSET_MASK = 0x00FFFFFFFFFFFE00
+COMPRESSED = 1 << 62
+ZERO_FLAG = 1
+INCOMPAT_DIRTY, INCOMPAT_CORRUPT, INCOMPAT_DATA_FILE = 1, 2, 4
+INCOMPAT_COMPRESSION, INCOMPAT_EXTL2 = 8, 16
+KNOWN_INCOMPAT = INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_DATA_FILE | INCOMPAT_COMPRESSION | INCOMPAT_EXTL2
+ZLIB, ZSTD = 0, 1
+MAX_TABLE = 32 << 20  # an L1 table larger than this is not a sane image (4 PiB at 64 KiB clusters)
+
+
+class Qcow2Error(PermanentError):
+    reason = Reason.INVALID_IMAGE
+
+
+@dataclass(frozen=True)
+class Header:
+    version: int
+    cluster_bits: int
+    size: int  # virtual size
+    crypt_method: int
+    l1_size: int
+    l1_offset: int
+    nb_snapshots: int
+    incompatible: int
+    compression: int
+
+    @property
+    def cluster_size(self) -> int:
+        return 1 << self.cluster_bits
+
+    @property
+    def l2_entries(self) -> int:
+        return self.cluster_size // 8
+
+
+def parse_header(head: bytes) -> Header:
+    """The header fields the decoder needs; ``Qcow2Error`` for a header that makes no sense."""
+    if len(head) < 72 or not head.startswith(MAGIC):
+        raise Qcow2Error("not a qcow2 image (bad magic or short header)")
+    version, _bf_off, _bf_len, cluster_bits, size, crypt, l1_size, l1_off = struct.unpack_from(
+        ">IQIIQIIQ", head, 4
+    )
+    (nb_snapshots,) = struct.unpack_from(">I", head, 60)
+    incompatible = 0
+    compression = ZLIB
+    if version not in (2, 3):
+        raise Qcow2Error(f"qcow2 version {version} is not supported (2 and 3 are)")
+    if version >= 3:
+        if len(head) < 104:
+            raise Qcow2Error("qcow2 v3 header is truncated")
+        (incompatible,) = struct.unpack_from(">Q", head, 72)
+        (header_length,) = struct.unpack_from(">I", head, 100)
+        if header_length > 104 and len(head) > 104:
+            compression = head[104]
+    if not 9 <= cluster_bits <= 21:
+        raise Qcow2Error(f"qcow2 cluster_bits {cluster_bits} out of range (9-21)")
+    if l1_off % (1 << cluster_bits):
+        raise Qcow2Error(f"qcow2 L1 table offset {l1_off} is not cluster aligned")
+    if l1_size * 8 > MAX_TABLE:
+        raise Qcow2Error(f"qcow2 L1 table of {l1_size} entries is too large")
+    return Header(version, cluster_bits, size, crypt, l1_size, l1_off, nb_snapshots, incompatible, compression)
+
+
+def not_streamable(h: Header) -> str:
+    """Why ``h`` cannot be decoded here ("" if it can)."""
+    if h.crypt_method:
+        return "the qcow2 image is encrypted"
+    if h.incompatible & ~KNOWN_INCOMPAT:
+        return f"the qcow2 image has unknown incompatible features ({h.incompatible:#x})"
+    if h.incompatible & INCOMPAT_EXTL2:
+        return "the qcow2 image uses extended L2 entries (subclusters)"
+    if h.incompatible & INCOMPAT_DATA_FILE:
+        return "the qcow2 image has an external data file"
+    if h.incompatible & INCOMPAT_CORRUPT:
+        return "the qcow2 image is marked corrupt"
+    if h.compression not in (ZLIB, ZSTD):
+        return f"the qcow2 image uses unknown compression type {h.compression}"
+    return ""
+
+
+# need kinds, in the order they are handled when several start at the same offset
+L1, L2, DATA, CZ = 0, 1, 2, 3
+
+
+@dataclass(order=True)
+class _Need:
+    start: int  # host offset of the next byte wanted
+    seq: int
+    kind: int = field(compare=False)
+    end: int = field(compare=False)  # host offset after the last byte wanted
+    dest: int = field(compare=False)  # DATA: guest offset of ``start``; CZ: guest offset; L2: first guest cluster
+    buf: bytearray | None = field(default=None, compare=False)  # L1/L2/CZ: what arrived so far
+
+
+class Spool:
+    """Bytes kept at their host offset in a sparse file, made on first use."""
+
+    def __init__(self, make_path: Callable[[], str]) -> None:
+        self._make_path = make_path
+        self.path = ""
+        self._fd = -1
+        self._ranges: list[list[int]] = []  # sorted, merged [start, end)
+        self.stored = 0
+
+    def put(self, offset: int, view: memoryview) -> None:
+        if not len(view):
+            return
+        if self._fd < 0:
+            self.path = self._make_path()
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        end = offset + len(view)
+        done = 0
+        while done < len(view):
+            done += os.pwrite(self._fd, view[done:], offset + done)
+        self.stored += len(view)
+        r = self._ranges
+        if r and r[-1][1] == offset:
+            r[-1][1] = end
+        else:
+            i = bisect.bisect(r, [offset, end])
+            r.insert(i, [offset, end])
+
+    def covers(self, start: int, end: int) -> bool:
+        i = bisect.bisect(self._ranges, [start, end + 1]) - 1
+        return i >= 0 and self._ranges[i][0] <= start and self._ranges[i][1] >= end
+
+    def get(self, start: int, end: int) -> bytes:
+        if not self.covers(start, end):
+            raise Qcow2Error(
+                f"qcow2 metadata points at bytes {start}-{end} that were not kept; the image is "
+                "inconsistent (check it with qemu-img check)"
+            )
+        return os.pread(self._fd, end - start, start)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if self.path:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+
+
+class Decoder:
+    """Feed a qcow2's bytes in order; the guest data lands in ``target``."""
+
+    def __init__(self, header: Header, target: sparse.Target, spool: Spool) -> None:
+        reason = not_streamable(header)
+        if reason:
+            raise Qcow2Error(reason)
+        self.h = header
+        self.target = target
+        self.spool = spool
+        self.pos = 0  # host offset of the next byte expected
+        self.data_bytes = 0
+        self.spooled_used = 0  # bytes of needs served from the spool
+        self._heap: list[_Need] = []
+        self._seq = 0
+        self._l2_pending = 0  # L2 tables known but not yet read
+        self._l1_done = header.l1_size == 0
+        self._written: list[list[int]] = []  # guest ranges made, sorted and merged [start, end)
+        self._zstd: Any = None
+        if header.compression == ZSTD:
+            import zstandard
+
+            self._zstd = zstandard.ZstdDecompressor()
+        if header.l1_size:
+            self._add(L1, header.l1_offset, header.l1_offset + header.l1_size * 8, 0)
+
+    # --- needs ------------------------------------------------------------------------------
+
+    def _add(self, kind: int, start: int, end: int, dest: int) -> None:
+        self._seq += 1
+        need = _Need(start, self._seq, kind, end, dest, bytearray() if kind != DATA else None)
+        if start < self.pos:
+            # it points behind the chunk being fed: only the spool can have those bytes
+            behind = min(end, self.pos)
+            data = memoryview(self.spool.get(start, behind))
+            self.spooled_used += behind - start
+            if behind == end:
+                self._consume(need, data, start)
+                return
+            self._collect(need, data)
+            need.start = behind
+        heapq.heappush(self._heap, need)
+
+    def _wanted_later(self) -> bool:
+        """Could bytes passed without a need still be referenced by a table not yet read?"""
+        return not self._l1_done or self._l2_pending > 0
+
+    def feed(self, pos: int, view: memoryview) -> None:
+        """The file's bytes at ``pos`` (which must be where the previous feed ended)."""
+        if pos != self.pos:
+            raise ValueError(f"feed at {pos}, expected {self.pos}")
+        end = pos + len(view)
+        cursor = pos  # bytes before this are accounted for (needed or spooled)
+        heap = self._heap
+        while heap and heap[0].start < end:
+            need = heapq.heappop(heap)
+            if need.start > cursor and self._wanted_later():
+                self.spool.put(cursor, view[cursor - pos : need.start - pos])
+            cursor = max(cursor, need.start)
+            stop = min(need.end, end)
+            piece = view[need.start - pos : stop - pos]
+            if stop < need.end:
+                self._collect(need, piece)
+                need.start = stop
+                heapq.heappush(heap, need)  # it starts at ``end`` now: done with this chunk
+                cursor = max(cursor, stop)
+                continue
+            self._consume(need, piece, need.start)
+            cursor = max(cursor, stop)
+        if cursor < end and self._wanted_later():
+            self.spool.put(cursor, view[cursor - pos :])
+        self.pos = end
+
+    def _collect(self, need: _Need, piece: memoryview) -> None:
+        if need.kind == DATA:
+            self._write(need.dest, piece)
+            need.dest += len(piece)
+        else:
+            assert need.buf is not None
+            need.buf += piece
+
+    def _consume(self, need: _Need, piece: memoryview, at: int) -> None:
+        """The last bytes of ``need`` (from host offset ``at``) have arrived."""
+        if need.kind == DATA:
+            self._write(need.dest, piece)
+            return
+        assert need.buf is not None
+        need.buf += piece
+        if need.kind == L1:
+            self._parse_l1(need.buf)
+        elif need.kind == L2:
+            self._l2_pending -= 1
+            self._parse_l2(need.buf, need.dest)
+        else:
+            self._inflate(need.buf, need.dest)
+
+    # --- tables -----------------------------------------------------------------------------
+
+    def _parse_l1(self, buf: bytearray) -> None:
+        h = self.h
+        self._l1_done = True
+        guest_clusters = -(-h.size // h.cluster_size)
+        n = min(h.l1_size, -(-guest_clusters // h.l2_entries))
+        for i, entry in enumerate(struct.unpack_from(f">{n}Q", buf)):
+            off = entry & OFFSET_MASK
+            if not off:
+                continue
+            if off % h.cluster_size:
+                raise Qcow2Error(f"qcow2 L1 entry {i} points at unaligned offset {off}")
+            self._l2_pending += 1
+            self._add(L2, off, off + h.cluster_size, i * h.l2_entries)
+
+    def _parse_l2(self, buf: bytearray, first: int) -> None:
+        h = self.h
+        cs = h.cluster_size
+        count = min(h.l2_entries, -(-h.size // cs) - first)
+        entries = struct.unpack_from(f">{count}Q", buf)
+        x = 62 - (h.cluster_bits - 8)
+        cz_off_mask = (1 << x) - 1
+        cz_sec_mask = (1 << (h.cluster_bits - 8)) - 1
+        run_host = run_guest = run_len = 0
+        for i, entry in enumerate(entries):
+            guest = (first + i) * cs
+            if entry & COMPRESSED:
+                coff = entry & cz_off_mask
+                csize = (((entry >> x) & cz_sec_mask) + 1) * 512 - (coff & 511)
+                self._add(CZ, coff, coff + csize, guest)
+                continue
+            off = entry & OFFSET_MASK
+            if not off or entry & ZERO_FLAG:  # unallocated or zero cluster: reads as zeros
+                continue
+            if off % cs:
+                raise Qcow2Error(f"qcow2 L2 entry for guest offset {guest} points at unaligned offset {off}")
+            length = min(cs, h.size - guest)
+            if run_len and off == run_host + run_len and guest == run_guest + run_len:
+                run_len += length
+                continue
+            if run_len:
+                self._add(DATA, run_host, run_host + run_len, run_guest)
+            run_host, run_guest, run_len = off, guest, length
+        if run_len:
+            self._add(DATA, run_host, run_host + run_len, run_guest)
+
+    # --- data -------------------------------------------------------------------------------
+
+    def _inflate(self, data: bytearray, guest: int) -> None:
+        cs = self.h.cluster_size
+        try:
+            if self._zstd is not None:
+                out = self._zstd.decompressobj().decompress(bytes(data))
+            else:
+                out = zlib.decompressobj(-12).decompress(data, cs)
+        except Exception as e:
+            raise Qcow2Error(f"qcow2 compressed cluster at guest offset {guest} does not decompress: {e}") from None
+        if len(out) < cs:
+            raise Qcow2Error(f"qcow2 compressed cluster at guest offset {guest} is short ({len(out)} bytes)")
+        self._write(guest, memoryview(out)[: min(cs, self.h.size - guest)])
+
+    def _write(self, guest: int, piece: memoryview) -> None:
+        if not len(piece):
+            return
+        self.data_bytes += sparse.write_sparse(self.target, guest, piece)
+        end = guest + len(piece)
+        w = self._written
+        if w and w[-1][1] == guest:
+            w[-1][1] = end
+        else:
+            bisect.insort(w, [guest, end])
+
+    def finish(self) -> None:
+        """The file ended: check nothing is missing and zero what no cluster wrote."""
+        for need in sorted(self._heap):
+            if need.kind == CZ and need.buf:
+                # the sector count rounds up: the last compressed cluster may end before it
+                self._inflate(need.buf, need.dest)
+                continue
+            raise Qcow2Error(
+                f"the qcow2 image is truncated: it ends at {self.pos} bytes, but its tables refer to "
+                f"bytes {need.start}-{need.end}"
+            )
+        self._heap.clear()
+        if not self._l1_done:
+            raise Qcow2Error(f"the qcow2 image is truncated: it ends at {self.pos} bytes, before its L1 table")
+        if self.target.prezeroed:
+            return
+        pos = 0
+        for start, end in _merged(self._written):
+            self.target.zero(pos, start - pos)
+            pos = end
+        self.target.zero(pos, self.h.size - pos)
+
+
+def _merged(ranges: list[list[int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for start, end in ranges:
+        if out and start <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], end))
+        else:
+            out.append((start, end))
+    return out
