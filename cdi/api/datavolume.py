@@ -290,15 +290,20 @@ class SnapshotSource(PVCSource):
 
 @dataclass
 class UploadSource:
-    FIELDS: ClassVar[tuple[str, ...]] = ()
+    # beyond CDI: the expected checksum of the uploaded bytes (a request's X-Checksum wins)
+    checksum: str | None = None
+
+    FIELDS: ClassVar[tuple[str, ...]] = ("checksum",)
 
     @classmethod
     def parse(cls, d: Mapping[str, Any], path: str, errs: Errors) -> UploadSource:
-        Reader(d, path, errs, cls.FIELDS)
-        return cls()
+        r = Reader(d, path, errs, cls.FIELDS)
+        return cls(checksum=r.opt_text("checksum"))
 
     def to_dict(self) -> dict[str, Any]:
-        return {}
+        out: dict[str, Any] = {}
+        _opt(out, "checksum", self.checksum)
+        return out
 
 
 @dataclass

@@ -460,6 +460,9 @@ def _check_source(dv: DataVolume, kind: str, errs: Errors) -> None:
             _check_ref_name(name, f"{base}.secretExtraHeaders[{i}]", "Secret", errs)
         if h.checksum is not None:
             check_checksum(h.checksum, f"{base}.checksum", errs)
+    elif src.upload is not None:
+        if src.upload.checksum is not None:
+            check_checksum(src.upload.checksum, f"{base}.checksum", errs)
     elif src.s3 is not None:
         _check_url(
             src.s3.url, f"{base}.url", ("http", "https"), "https://s3.example.com/bucket/disk.img", errs

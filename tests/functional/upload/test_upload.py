@@ -100,6 +100,29 @@ def test_checksum_mismatch_keeps_the_volume_ready_for_a_retry(env: Env, tmp_path
     assert sha256_file(env.disk_path("ck"), raw.stat().st_size) == want
 
 
+def test_datavolume_checksum_field_is_verified(env: Env, tmp_path):
+    """spec.source.upload.checksum applies when the request names none; a request's value wins."""
+    raw = tmp_path / "d.raw"
+    want = make_raw(raw, 3 * MiB)
+    env.create_dv("dvck", checksum="sha256:" + "1" * 64)
+    env.wait_ready("dvck")
+    up = env.uploader("dvck")
+    with open(raw, "rb") as f:
+        resp = up.send("/v1beta1/upload", f, 0, raw.stat().st_size, None, None)
+    assert resp.status == 400 and resp.reason == "ChecksumError", resp
+    assert "1" * 64 in resp.text
+    with open(raw, "rb") as f:
+        resp = up.send("/v1beta1/upload", f, 0, raw.stat().st_size, f"sha256:{want}", None)
+    assert resp.status == 200, resp
+    env.wait_phase("dvck", ("Succeeded",))
+    assert sha256_file(env.disk_path("dvck"), raw.stat().st_size) == want
+
+
+def test_datavolume_checksum_field_is_validated(env: Env):
+    with pytest.raises(Exception, match="checksum"):
+        env.create_dv("badck", checksum="sha256:nothex")
+
+
 @pytest.mark.parametrize("path", ["/v1beta1/upload", "/v1alpha1/upload", "/v1beta1/upload-async"])
 def test_sync_and_async(env: Env, tmp_path, path):
     raw = tmp_path / "d.raw"
