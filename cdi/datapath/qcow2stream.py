@@ -157,11 +157,21 @@ class Spool:
             done += os.pwrite(self._fd, view[done:], offset + done)
         self.stored += len(view)
         r = self._ranges
-        if r and r[-1][1] == offset:
+        if r and r[-1][1] == offset:  # the usual case: right after the last piece
             r[-1][1] = end
-        else:
-            i = bisect.bisect(r, [offset, end])
-            r.insert(i, [offset, end])
+            return
+        i = bisect.bisect(r, [offset, end])
+        r.insert(i, [offset, end])
+        # merge with overlapping or touching neighbours
+        j = max(i - 1, 0)
+        while j + 1 < len(r):
+            if r[j + 1][0] <= r[j][1]:
+                r[j][1] = max(r[j][1], r[j + 1][1])
+                del r[j + 1]
+            elif j >= i:
+                break
+            else:
+                j += 1
 
     def covers(self, start: int, end: int) -> bool:
         i = bisect.bisect(self._ranges, [start, end + 1]) - 1
@@ -272,6 +282,11 @@ class Decoder:
             return
         assert need.buf is not None
         need.buf += piece
+        if need.kind == CZ and at >= self.pos and self._wanted_later():
+            # A compressed cluster's range is rounded up to a whole sector, so its last sector
+            # may hold the start of the next compressed cluster, whose table may come later.
+            tail = min(512, len(need.buf))
+            self.spool.put(need.end - tail, memoryview(need.buf)[len(need.buf) - tail :])
         if need.kind == L1:
             self._parse_l1(need.buf)
         elif need.kind == L2:

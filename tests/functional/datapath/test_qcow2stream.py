@@ -113,6 +113,18 @@ def test_layouts_decode_to_the_same_bytes(raw: Path, tmp_path: Path, case: str) 
     assert os.stat(out).st_blocks * 512 < SIZE * 0.75
 
 
+@pytest.mark.parametrize("chunk", [512, 4096, 65536])
+def test_compressed_clusters_that_start_before_their_table(raw: Path, tmp_path: Path, chunk: int) -> None:
+    """With small clusters, a compressed cluster is often written before the L2 table that maps it,
+    starting inside the last (rounded-up) sector of the compressed cluster before it."""
+    src = tmp_path / "img.qcow2"
+    _run("qemu-img", "convert", "-f", "raw", "-O", "qcow2", "-c", "-o", "cluster_size=4096", str(raw), str(src))
+    out = tmp_path / "out.raw"
+    dec = _decode(src, out, tmp_path, chunk=chunk)
+    assert _sha(out, SIZE) == _sha(raw, SIZE)
+    assert dec.spooled_used > 0
+
+
 def test_l1_after_the_data_goes_through_the_spool(raw: Path, tmp_path: Path) -> None:
     """Growing an image past its L1 table moves the table to the end of the file."""
     src = tmp_path / "img.qcow2"
