@@ -130,6 +130,16 @@ class Nginx:
         self.proc.wait(10)
 
 
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of a running process, in seconds (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_curl(nginx: Nginx, image: str, ca: str) -> float:
     dest = os.path.join(nginx.root, "upload.img")
     with contextlib.suppress(FileNotFoundError):
@@ -250,12 +260,16 @@ class Ours:
         server = TreeSampler(lambda: self._pid(os.path.join(self.data_dir, "workers", f"upload-default-{name}",
                                                             "pid"))).start()
         url = f"https://127.0.0.1:{self.port}/v1beta1/upload"
+        proxy_cpu0 = sum(_cpu_seconds(p) for p in self._pid(os.path.join(self.data_dir, "upload", "proxy.pid")))
         t0 = time.monotonic()
-        subprocess.run(["curl", "-sS", "--fail", "--cacert", self.ca, "-H", f"Authorization: Bearer {token}",
-                        "-T", image, url], check=True, stdout=subprocess.DEVNULL)
+        curl = subprocess.run(["curl", "-sS", "--fail", "--cacert", self.ca, "-H", f"Authorization: Bearer {token}",
+                               "-T", image, url], check=True, stdout=subprocess.DEVNULL)
         t = time.monotonic() - t0
         proxy.stop()
         server.stop()
+        cpu = {"proxy": proxy.cpu_user + proxy.cpu_sys - proxy_cpu0, "server": server.cpu_user + server.cpu_sys}
+        del curl
+        log(f"       cpu: proxy {cpu['proxy']:.2f} s, upload server {cpu['server']:.2f} s")
         disk = store.must_get("PersistentVolumeClaim", "default", name)["metadata"]["annotations"][
             "embedded.cdi.kubevirt.io/disk-path"]
         store.close()
