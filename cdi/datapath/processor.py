@@ -541,6 +541,7 @@ class _Machine:
         job.virtual_size = header.size
         target = self._open_target()
         spool = qcow2stream.Spool(self._spool_path)
+        decoder: qcow2stream.Decoder | None = None
         try:
             decoder = qcow2stream.Decoder(header, target, spool)
             while True:
@@ -566,6 +567,7 @@ class _Machine:
                         ) from e
                     if offset == 0:
                         # restarted from the beginning: decode again (same bytes, same offsets)
+                        decoder.close()
                         spool.close()
                         spool = qcow2stream.Spool(self._spool_path)
                         decoder = qcow2stream.Decoder(header, target, spool)
@@ -580,6 +582,8 @@ class _Machine:
             self._verify_checksum()
             self._commit_file(target)
         finally:
+            if decoder is not None:
+                decoder.close()
             spool.close()
             target.close()
         return Phase.DONE

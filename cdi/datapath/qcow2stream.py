@@ -24,6 +24,8 @@ features) are named by ``not_streamable`` so that the caller can use qemu-img in
 from __future__ import annotations
 
 import bisect
+import collections
+import concurrent.futures
 import contextlib
 import heapq
 import logging
@@ -49,6 +51,8 @@ INCOMPAT_COMPRESSION, INCOMPAT_EXTL2 = 8, 16
 KNOWN_INCOMPAT = INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_DATA_FILE | INCOMPAT_COMPRESSION | INCOMPAT_EXTL2
 ZLIB, ZSTD = 0, 1
 MAX_TABLE = 32 << 20  # an L1 table larger than this is not a sane image (4 PiB at 64 KiB clusters)
+INFLATE_THREADS = 2  # zlib and zstd release the GIL: compressed clusters inflate in parallel
+INFLATE_INFLIGHT = 64  # compressed clusters queued or inflating at once (bounds memory)
 
 
 class Qcow2Error(PermanentError):
@@ -217,6 +221,8 @@ class Decoder:
             import zstandard
 
             self._zstd = zstandard.ZstdDecompressor()
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._inflating: collections.deque[tuple[concurrent.futures.Future[bytes], int]] = collections.deque()
         if header.l1_size:
             self._add(L1, header.l1_offset, header.l1_offset + header.l1_size * 8, 0)
 
@@ -345,17 +351,39 @@ class Decoder:
     # --- data -------------------------------------------------------------------------------
 
     def _inflate(self, data: bytearray, guest: int) -> None:
+        """Queue a compressed cluster; the oldest finished ones are written (bounded in flight)."""
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(INFLATE_THREADS, thread_name_prefix="qcow2-inflate")
+        self._inflating.append((self._pool.submit(self._decompress, bytes(data), guest), guest))
+        while len(self._inflating) > INFLATE_INFLIGHT or (self._inflating and self._inflating[0][0].done()):
+            self._write_inflated()
+
+    def _write_inflated(self) -> None:
+        future, guest = self._inflating.popleft()
+        out = future.result()
+        self._write(guest, memoryview(out)[: min(self.h.cluster_size, self.h.size - guest)])
+
+    def _decompress(self, data: bytes, guest: int) -> bytes:
         cs = self.h.cluster_size
         try:
             if self._zstd is not None:
-                out = self._zstd.decompressobj().decompress(bytes(data))
+                out: bytes = self._zstd.decompressobj().decompress(data)
             else:
                 out = zlib.decompressobj(-12).decompress(data, cs)
         except Exception as e:
             raise Qcow2Error(f"qcow2 compressed cluster at guest offset {guest} does not decompress: {e}") from None
         if len(out) < cs:
             raise Qcow2Error(f"qcow2 compressed cluster at guest offset {guest} is short ({len(out)} bytes)")
-        self._write(guest, memoryview(out)[: min(cs, self.h.size - guest)])
+        return out
+
+    def close(self) -> None:
+        """Stop the inflate threads (what they had not written is dropped)."""
+        if self._pool is not None:
+            for future, _ in self._inflating:
+                future.cancel()
+            self._inflating.clear()
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     def _write(self, guest: int, piece: memoryview) -> None:
         if not len(piece):
@@ -380,6 +408,8 @@ class Decoder:
                 f"bytes {need.start}-{need.end}"
             )
         self._heap.clear()
+        while self._inflating:
+            self._write_inflated()
         if not self._l1_done:
             raise Qcow2Error(f"the qcow2 image is truncated: it ends at {self.pos} bytes, before its L1 table")
         if self.target.prezeroed:

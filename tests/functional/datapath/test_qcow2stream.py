@@ -62,8 +62,8 @@ def _decode(src: Path, out: Path, spool_dir: Path, chunk: int | str = "random") 
     header = qcow2stream.parse_header(data[:65536])
     target = sparse.Target.create_file(str(out), header.size)
     spool = qcow2stream.Spool(lambda: str(spool_dir / "spool"))
+    dec = qcow2stream.Decoder(header, target, spool)
     try:
-        dec = qcow2stream.Decoder(header, target, spool)
         rnd = random.Random(1)
         pos = 0
         view = memoryview(data)
@@ -75,6 +75,7 @@ def _decode(src: Path, out: Path, spool_dir: Path, chunk: int | str = "random") 
         dec.finish()
         target.sync()
     finally:
+        dec.close()
         target.close()
         spool.close()
     return dec
