@@ -11,7 +11,7 @@ through: one bounded buffer per direction, ``drain()`` after every write, so a s
 back-pressures the client over TCP and the proxy's memory does not grow with the image.
 
 Status codes: 400 malformed/missing Authorization or wrong token operation; 401 bad, expired,
-unsigned token; 404 unknown path; 409 volume already uploaded; 503 upload server not ready in
+unsigned token; 404 unknown path, or no DataVolume or PVC of the token's name; 409 volume already uploaded; 503 upload server not ready in
 time (with ``Retry-After``); 502 the upload server went away mid-request; the upload server's
 own answers (200, 400 too small / checksum / invalid image, 416 wrong resume offset, 503 busy)
 are passed through. ``X-Cdi-Reason`` names the reason on every error.
@@ -130,6 +130,8 @@ class Proxy:
         self._store = store
         self.active = 0
         self.bytes_proxied = 0
+        self.stopping = False
+        self.connections: set[asyncio.Task[Any]] = set()  # the tasks serving client connections
 
     # --- target lookup --------------------------------------------------------------------------
 
@@ -145,7 +147,12 @@ class Proxy:
         """(kind, address, secret) when ready, else the error to give if it stays so."""
         pvc = self.store.get(PVC, ns, name)
         if pvc is None:
-            return HTTPError(503, "NotFound", f"PVC {ns}/{name} does not exist (yet)")
+            if self.store.get("DataVolume", ns, name) is None:  # nothing will make the claim appear
+                return HTTPError(404, "NotFound", f"there is no DataVolume or PVC {ns}/{name} to upload into; create "
+                                 "it first (cdi image-upload creates one, or cdi apply a DataVolume with "
+                                 "source: {upload: {}})")
+            return HTTPError(503, "NotFound", f"PVC {ns}/{name} of the DataVolume does not exist yet",
+                             {"Retry-After": "2"})
         a = pvc["metadata"].get("annotations") or {}
         if UPLOAD_TARGET not in a:
             return HTTPError(503, "NotUploadTarget",
@@ -171,7 +178,7 @@ class Proxy:
             found = await asyncio.to_thread(self._lookup, ns, name)
             if isinstance(found, HTTPError):
                 last = found
-                if found.status == 409:
+                if found.status in (404, 409):  # waiting cannot change these
                     raise found
             else:
                 kind, addr, secret = found
@@ -193,6 +200,9 @@ class Proxy:
     # --- connections ----------------------------------------------------------------------------
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self.connections.add(task)
         self.active += 1
         try:
             while True:
@@ -209,11 +219,29 @@ class Proxy:
             log.info("client connection ended: %s", e)
         except Exception:
             log.exception("request failed")
+        except asyncio.CancelledError:
+            # Only shutdown() cancels a connection; ending normally keeps asyncio from logging
+            # the cancellation as an error of the connection callback.
+            log.debug("connection closed: the proxy is stopping")
         finally:
             self.active -= 1
-            with contextlib.suppress(Exception):
-                writer.close()
-                await asyncio.wait_for(writer.wait_closed(), 2)
+            if task is not None:
+                self.connections.discard(task)
+            # A cancel during the close is shutdown() too: stop waiting for the client's TLS goodbye.
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                if not self.stopping:
+                    writer.close()
+                    await asyncio.wait_for(writer.wait_closed(), 2)
+            if self.stopping:
+                writer.transport.abort()
+
+    async def shutdown(self) -> None:
+        """Close every client connection now (an interrupted upload can be resumed later)."""
+        self.stopping = True
+        tasks = list(self.connections)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         head = await read_head(reader)
@@ -298,7 +326,13 @@ class Proxy:
         else:
             pump = asyncio.ensure_future(self._pump(reader, sw, length, chunked))
         resp = asyncio.ensure_future(self._read_response(sr))
-        done, _ = await asyncio.wait({pump, resp}, return_when=asyncio.FIRST_COMPLETED)
+        try:
+            done, _ = await asyncio.wait({pump, resp}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            for t in (pump, resp):
+                t.cancel()
+            await asyncio.gather(pump, resp, return_exceptions=True)
+            raise
         body_complete = False
         if pump in done:
             exc = pump.exception()
@@ -364,6 +398,10 @@ class Proxy:
             if not ct.is_closing():
                 ct.pause_reading()  # type: ignore[attr-defined]
             ct.set_protocol(old)
+            helpers = [t for t in pump.tasks if not t.done()]
+            for t in helpers:
+                t.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
 
     async def _pump(self, reader: asyncio.StreamReader, sw: asyncio.StreamWriter, length: int | None,
                     chunked: bool) -> None:
@@ -520,7 +558,8 @@ class _ServerGone(Exception):
 def _pass_headers(headers: dict[str, str]) -> dict[str, str]:
     out = {}
     names = {"upload-offset": api.HDR_OFFSET, "upload-length": api.HDR_LENGTH, "retry-after": "Retry-After",
-             "x-upload-state": "X-Upload-State", "x-upload-id": api.HDR_UPLOAD_ID}
+             "x-upload-state": "X-Upload-State", "x-upload-id": api.HDR_UPLOAD_ID,
+             "x-upload-attempt": api.HDR_ATTEMPT}
     for k, v in headers.items():
         if k in names:
             out[names[k]] = v
@@ -597,9 +636,14 @@ async def serve(data_dir: str, config: api.UploadConfig, ready: Any = None,
                 stop.set()
 
     wd = asyncio.ensure_future(watchdog())
-    async with server:
+    try:
         await stop.wait()
-    wd.cancel()
+    finally:
+        server.close()  # no new connections
+        wd.cancel()
+        await asyncio.gather(wd, return_exceptions=True)
+        await proxy.shutdown()
+        await server.wait_closed()
     log.info("upload proxy stopped")
 
 

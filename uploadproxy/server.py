@@ -64,6 +64,9 @@ USER_ERRORS = {
     str(Reason.TOO_SMALL), str(Reason.CHECKSUM_ERROR), str(Reason.INVALID_IMAGE), str(Reason.UNSAFE_IMAGE),
     str(Reason.NOT_AN_IMAGE), str(Reason.CONFIG_ERROR), "InvalidForm", "UploadInterrupted",
 }
+# The data path words NotAnImage for a URL (the HTTP importer); an upload has a file instead.
+NOT_AN_IMAGE_MESSAGE = ("the uploaded file is an HTML page, not a disk image; upload the image file itself (an HTML "
+                        "file is usually an error or login page saved instead of the download)")
 
 
 def _atomic_json(path: str, data: dict[str, Any]) -> None:
@@ -107,6 +110,7 @@ class Session:
         self.result: WorkerResult | None = None
         self.suspended_at = 0.0
         self.upload_id = ""
+        self.attempt = 0  # this run's number (``attempts`` in the state file when it started)
 
     # --- Source protocol ----------------------------------------------------------------------
 
@@ -301,6 +305,7 @@ class UploadServer:
         sess.conn = conn  # attached before the data path may read
         self.session = sess
         self.attempts += 1
+        sess.attempt = self.attempts
         t = threading.Thread(target=self._run_session, args=(sess, settings), name="datapath", daemon=True)
         t.start()
         self.write_state(force=True)
@@ -317,6 +322,8 @@ class UploadServer:
             result = WorkerResult(Outcome.TEMPORARY, str(Reason.INTERNAL), f"internal error: {e}")
         if sess.abort_reason and result.outcome != Outcome.SUCCEEDED:
             result = dataclasses.replace(result, reason="UploadInterrupted", message=sess.abort_reason)
+        elif result.reason == Reason.NOT_AN_IMAGE and "HTML" in result.message:
+            result = dataclasses.replace(result, message=NOT_AN_IMAGE_MESSAGE)
         with self.lock:
             if result.outcome == Outcome.SUCCEEDED:
                 self.result = dataclasses.replace(
@@ -469,11 +476,16 @@ def _make_handler(server: UploadServer) -> type[http.server.BaseHTTPRequestHandl
                 return
             with server.lock:
                 s = server.session
+                # Upload-Length whenever the current run's length is known. None before the first
+                # upload or after a failed one (its bytes are gone; the next one's length is unknown
+                # until it starts), nor for forms and chunked bodies.
                 hdr = {api.HDR_OFFSET: "0"}
                 if s is not None and s.resumable and not s.finished.is_set():
                     hdr = {api.HDR_OFFSET: str(s.received), api.HDR_LENGTH: str(s.total)}
                     if s.upload_id:
                         hdr[api.HDR_UPLOAD_ID] = s.upload_id
+                elif s is not None and server.result is not None and s.total is not None:
+                    hdr = {api.HDR_OFFSET: str(s.received), api.HDR_LENGTH: str(s.total)}  # done: all received
                 hdr["X-Upload-State"] = server.state()
             self._reply(200, "", headers=hdr, body=False)
 
@@ -603,11 +615,12 @@ def _make_handler(server: UploadServer) -> type[http.server.BaseHTTPRequestHandl
                 return
 
             conn.done.wait()
+            run = {api.HDR_ATTEMPT: str(sess.attempt)}  # lets a client match lastError to its upload
             if not conn.complete:
                 if sess.finished.is_set() and sess.result is not None and sess.result.outcome != Outcome.SUCCEEDED:
                     r = sess.result
                     self.close_connection = True
-                    self._reply(_status_for(r), f"Saving stream failed: {r.message}", r.reason)
+                    self._reply(_status_for(r), f"Saving stream failed: {r.message}", r.reason, headers=run)
                     self._linger()
                     return
                 # The body broke (client or proxy went away): nobody may be listening any more.
@@ -615,16 +628,17 @@ def _make_handler(server: UploadServer) -> type[http.server.BaseHTTPRequestHandl
                 with contextlib.suppress(OSError):
                     self._reply(400, f"upload interrupted ({conn.error}); received {sess.received} bytes; "
                                 "HEAD for Upload-Offset and continue with Content-Range", "UploadInterrupted",
-                                headers={api.HDR_OFFSET: str(sess.received)})
+                                headers={api.HDR_OFFSET: str(sess.received), **run})
                 return
             if is_async:
                 # Every byte is here; conversion goes on. Fail fast if the data path already failed.
                 sess.finished.wait(0.05)
                 early = sess.result
                 if early is not None and early.outcome != Outcome.SUCCEEDED:
-                    self._reply(_status_for(early), f"Saving stream failed: {early.message}", early.reason)
+                    self._reply(_status_for(early), f"Saving stream failed: {early.message}", early.reason,
+                                headers=run)
                 else:
-                    self._reply(200, "", headers={api.HDR_OFFSET: str(sess.received)})
+                    self._reply(200, "", headers={api.HDR_OFFSET: str(sess.received), **run})
                 return
             sess.finished.wait()
             final = sess.result
@@ -632,9 +646,9 @@ def _make_handler(server: UploadServer) -> type[http.server.BaseHTTPRequestHandl
             r = final
             if r.outcome == Outcome.SUCCEEDED:
                 self.close_connection = True
-                self._reply(200, "", headers={api.HDR_OFFSET: str(sess.received)})
+                self._reply(200, "", headers={api.HDR_OFFSET: str(sess.received), **run})
             else:
-                self._reply(_status_for(r), f"Saving stream failed: {r.message}", r.reason)
+                self._reply(_status_for(r), f"Saving stream failed: {r.message}", r.reason, headers=run)
 
     return Handler
 

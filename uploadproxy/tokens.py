@@ -67,7 +67,7 @@ def _unb64(text: str) -> bytes:
 
 
 class KeyRing:
-    def __init__(self, directory: str, max_ttl: float = 3600.0) -> None:
+    def __init__(self, directory: str, max_ttl: float = api.MAX_TOKEN_TTL) -> None:
         self.dir = directory
         self.max_ttl = max_ttl
         self._public: dict[str, Ed25519PublicKey] = {}

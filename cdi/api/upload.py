@@ -40,6 +40,7 @@ ISSUER = "cdi-apiserver"
 OPERATION_UPLOAD = "Upload"
 PVC_RESOURCE = {"group": "", "version": "v1", "resource": "persistentvolumeclaims"}
 DEFAULT_TOKEN_TTL = 300.0  # seconds, as CDI
+MAX_TOKEN_TTL = 3600.0  # upload tokens are short-lived; a client gets a new one when one expires
 TOKEN_LEEWAY = 10.0  # seconds of clock skew accepted, as CDI
 
 # Endpoints (CDI's), on the proxy and on the upload server.
@@ -56,6 +57,7 @@ HDR_CHECKSUM = "X-Checksum"
 HDR_OFFSET = "Upload-Offset"
 HDR_LENGTH = "Upload-Length"
 HDR_UPLOAD_ID = "X-Upload-Id"  # the client's name for its upload (e.g. a hash of path/size/mtime)
+HDR_ATTEMPT = "X-Upload-Attempt"  # the upload server's number for the run a request fed (attempts/lastError)
 HDR_REASON = "X-Cdi-Reason"  # the machine-readable reason of an error response
 HDR_PROXY_AUTH = "X-Cdi-Proxy-Auth"  # proxy -> upload server shared secret (embedded)
 
@@ -139,7 +141,7 @@ class UploadConfig:
           proxyPort: 18443
           proxyCertFile: /path/tls.crt   # with proxyKeyFile; else one is generated
           proxyKeyFile: /path/tls.key
-          tokenTTLSeconds: 300
+          tokenTTLSeconds: 300       # (0, 3600]
           resumeTimeoutSeconds: 300
           readyWaitSeconds: 10
     """
@@ -171,6 +173,12 @@ class UploadConfig:
                 raise ValueError(f"upload.{key} must be positive, got {v!r}")
             return f
 
+        ttl = num("tokenTTLSeconds", DEFAULT_TOKEN_TTL)
+        if ttl > MAX_TOKEN_TTL:
+            raise ValueError(
+                f"upload.tokenTTLSeconds is {raw.get('tokenTTLSeconds')!r}, but upload tokens live at most "
+                f"{MAX_TOKEN_TTL:.0f} seconds; set it to a value in (0, {MAX_TOKEN_TTL:.0f}] (default "
+                f"{DEFAULT_TOKEN_TTL:.0f}); cdi image-upload gets a new token when one expires during a long upload")
         cert, key = raw.get("proxyCertFile"), raw.get("proxyKeyFile")
         if bool(cert) != bool(key):
             raise ValueError("upload.proxyCertFile and upload.proxyKeyFile go together; set both or neither")
@@ -179,7 +187,7 @@ class UploadConfig:
             proxy_port=int(num("proxyPort", DEFAULT_PROXY_PORT, zero_ok=True)),  # 0: any free port
             proxy_cert_file=cert or None,
             proxy_key_file=key or None,
-            token_ttl=num("tokenTTLSeconds", DEFAULT_TOKEN_TTL),
+            token_ttl=ttl,
             resume_timeout=num("resumeTimeoutSeconds", DEFAULT_RESUME_TIMEOUT),
             ready_wait=num("readyWaitSeconds", DEFAULT_READY_WAIT),
         )

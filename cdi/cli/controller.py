@@ -37,8 +37,11 @@ def status(ctx: Context, output: str) -> int:
 
 
 def stop(ctx: Context) -> int:
-    if daemon().stop(ctx.data_dir):
+    d = daemon()
+    if d.stop(ctx.data_dir):  # first: a running controller would start the proxy again
         ctx.print("controller stopped")
     else:
         ctx.print("controller was not running")
+    if d.stop_upload_proxy(ctx.data_dir):
+        ctx.print("upload proxy stopped")
     return 0

@@ -11,6 +11,10 @@ then waits for Succeeded and prints where the disk is. Beyond virtctl:
   rest with ``Content-Range`` (the server keeps the same conversion run waiting for it).
 - A 401 (token expired during a long upload or a retry) gets a fresh token (the embedded ``cdi``
   is the API server: it signs tokens with the key in ``<data dir>/upload/keys``).
+- After the last byte it waits for the outcome of *this* upload: Succeeded, or a failure of the
+  upload server run that took the bytes (``X-Upload-Attempt`` of the answer = ``lastError.attempt``
+  in the server's ``upload-state.json``); an earlier upload's error is history, not a failure.
+- A certificate it does not accept is a permanent error (no retries), naming the fixes.
 
 Tokens: ``issue_token(data_dir, namespace, name)`` is the UploadTokenRequest of the embedded
 backend (``upload.cdi.kubevirt.io/v1beta1``; nothing is stored, as in CDI).
@@ -22,6 +26,7 @@ import argparse
 import contextlib
 import hashlib
 import http.client
+import json
 import os
 import random
 import select
@@ -43,6 +48,12 @@ BIND_IMMEDIATE = "cdi.kubevirt.io/storage.bind.immediate.requested"
 CONTENT_TYPE = "cdi.kubevirt.io/storage.contentType"
 POD_PHASE = "cdi.kubevirt.io/storage.pod.phase"
 DISK_PATH = "embedded.cdi.kubevirt.io/disk-path"
+VOLUME_PATH = "embedded.cdi.kubevirt.io/volume-path"
+CERT_REASON = "CertificateVerifyFailed"
+# Bound=False reasons the controller gives for what only the user can fix (a CDI PermanentError: no
+# default storage class, an unknown class, an invalid spec); anything else may pass by itself.
+PERMANENT_BOUND = frozenset({"PermanentError", "Invalid", "StorageClassNotFound"})
+PERMANENT_GRACE = 5.0  # seconds a permanent reason must stay before giving up (it may be stale)
 
 
 # --- argument parsing ---------------------------------------------------------------------------
@@ -100,7 +111,7 @@ def issue_token(data_dir: str, namespace: str, name: str, ttl: float | None = No
 
     ring = KeyRing.for_data_dir(data_dir)
     req = api.UploadTokenRequest(namespace=namespace, pvc_name=name)
-    token = ring.issue(req.namespace, req.pvc_name, ttl or upload_config(data_dir).token_ttl)
+    token = ring.issue(req.namespace, req.pvc_name, ttl or upload_config(data_dir, strict=True).token_ttl)
     return api.UploadTokenRequest(namespace, name, req.name, token).token
 
 
@@ -135,6 +146,7 @@ class Progress:
         self.last = 0.0
         self.last_pct = -1
         self.done = 0
+        self.printed = -1  # ``done`` of the last line written
         self.base = 0  # bytes already on the server when this attempt started
 
     def update(self, done: int, force: bool = False) -> None:
@@ -151,6 +163,7 @@ class Progress:
         eta = (self.total - done) / rate if rate > 0 else 0
         text = (f"{human_bytes(done)} / {human_bytes(self.total)} ({pct:5.1f}%) "
                 f"{human_bytes(int(rate))}/s ETA {int(eta) // 60}:{int(eta) % 60:02d}")
+        self.printed = done
         if self.tty:
             width = 30
             filled = int(width * pct / 100)
@@ -160,7 +173,8 @@ class Progress:
         self.out.flush()
 
     def finish(self) -> None:
-        self.update(self.done, force=True)
+        if self.tty or self.printed != self.done:  # plain lines: the last one may already say this
+            self.update(self.done, force=True)
         if self.tty:
             self.out.write("\n")
             self.out.flush()
@@ -258,6 +272,12 @@ class Uploader:
             with contextlib.suppress(OSError):
                 sock.close()
 
+    def _untrusted(self, e: ssl.SSLCertVerificationError) -> UploadFailed:
+        """A certificate the client does not accept: retrying cannot help."""
+        why = e.verify_message or e.reason or str(e)
+        return UploadFailed(0, CERT_REASON, f"the TLS certificate of the upload proxy {self.host}:{self.port} was "
+                            f"not accepted: {why}", False)
+
     def upload(self, f: BinaryIO, total: int, checksum: str | None, retries: int, progress: Progress | None,
                log: Any = None, path: str | None = None) -> Response:
         log = log or (lambda s: None)
@@ -265,6 +285,8 @@ class Uploader:
         if path is None:
             try:
                 probe = self.head(api.ASYNC_PATHS[0])
+            except ssl.SSLCertVerificationError as e:
+                raise self._untrusted(e) from None
             except OSError:
                 path = api.SYNC_PATHS[0]
             else:
@@ -283,6 +305,8 @@ class Uploader:
                 progress.start = time.monotonic()
             try:
                 resp = self.send(path, f, offset, total, checksum, progress)
+            except ssl.SSLCertVerificationError as e:
+                raise self._untrusted(e) from None
             except OSError as e:
                 resp = Response(0, "ConnectionError", str(e), {})
             if resp.status == 200:
@@ -340,7 +364,6 @@ class ImageUpload:
         self.path = args.archive_path or args.image_path
         self.ns = ctx.namespace
         self.name = args.name
-        self._before: tuple[str, str] = ("", "")
         self.volume_mode = "Block" if args.block_volume or args.volume_mode == "block" else (
             "Filesystem" if args.volume_mode == "filesystem" else None)
 
@@ -364,6 +387,7 @@ class ImageUpload:
             if total == 0:
                 raise CLIError(f"{self.path} is empty")
             checksum = self._checksum(f)
+            self._check_config()
             self.ctx.ensure_controller()
             self._ensure_target()
             self._wait_ready()
@@ -376,17 +400,20 @@ class ImageUpload:
             self.say(f"Uploading {self.path} ({total} bytes) to {self.kind_word} {self.ns}/{self.name} via {url}")
             progress = Progress(total, self.ctx.out)
             try:
-                uploader.upload(f, total, checksum, max(0, a.retry), progress, log=self._log_line(progress))
+                resp = uploader.upload(f, total, checksum, max(0, a.retry), progress, log=self._log_line(progress))
             except UploadFailed as e:
                 progress.finish()
+                if e.reason == CERT_REASON:
+                    raise CLIError(f"{e.message}; {self._trust_hint(cafile)}") from None
                 hint = ""
                 if e.status == 401:
                     hint = " (authentication failed)"
                 raise CLIError(f"upload failed{hint}: {e.status or ''} {e.reason}: {e.message}".replace("  ", " ")) from None
             progress.finish()
+        run = self._this_run(resp)
         self.say("Uploading data completed successfully, waiting for processing to complete, you can hit "
                  "ctrl-c without interrupting the progress")
-        return self._wait_done()
+        return self._wait_done(run)
 
     @property
     def kind_word(self) -> str:
@@ -398,6 +425,24 @@ class ImageUpload:
                 self.ctx.out.write("\n")
             self.ctx.eprint(text)
         return log
+
+    def _trust_hint(self, cafile: str | None) -> str:
+        if cafile:
+            return (f"it was checked against the embedded proxy's CA {cafile} and the system's CAs; "
+                    "pass --insecure to skip the check")
+        ca = os.path.join(api.upload_dir(self.ctx.data_dir), "tls", "ca.pem")
+        return (f"trust the CA that signed it (the embedded proxy's generated one is {ca}: run with "
+                f"SSL_CERT_FILE={ca}, or add it to the system's CAs), or pass --insecure to skip the check")
+
+    def _check_config(self) -> None:
+        """A wrong setting in config.yaml fails here, before a volume is created or a token issued."""
+        from cdi.backends.embedded.config import Config
+        from cdi.common.errors import PermanentError
+
+        try:
+            Config.load(self.ctx.data_dir)
+        except PermanentError as e:
+            raise CLIError(e.message) from None
 
     def _checksum(self, f: BinaryIO) -> str | None:
         c = self.a.checksum
@@ -502,6 +547,8 @@ class ImageUpload:
         store = self.ctx.store
         deadline = time.monotonic() + self.a.wait_secs
         said = False
+        shown: tuple[str, str] = ("", "")  # the Bound=False (reason, message) last printed
+        shown_at = 0.0
         while True:
             if self.a.kind == "dv":
                 dv = store.get(DV, self.ns, self.name)
@@ -510,12 +557,24 @@ class ImageUpload:
                 st = dv.get("status") or {}
                 phase = st.get("phase")
                 if phase == "UploadReady":
-                    self._before = _running(st)
                     return
                 if phase in ("Failed", "Succeeded"):
                     raise CLIError(f"DataVolume {self.ns}/{self.name} is {phase}: {_message(st)}")
                 if phase in ("WaitForFirstConsumer", "PendingPopulation") and not self.a.force_bind:
                     raise CLIError(f"DataVolume {self.ns}/{self.name} is {phase}; use --force-bind")
+                bound = _condition(st, "Bound")
+                unbound = (str(bound.get("reason") or ""), str(bound.get("message") or ""))
+                if bound.get("status") == "False" and unbound[1]:
+                    if unbound != shown:
+                        shown, shown_at = unbound, time.monotonic()
+                        self.say(f"DataVolume {self.ns}/{self.name} is {phase or 'Pending'}, its volume is not "
+                                 f"bound: {unbound[0]}: {unbound[1]}")
+                    elif unbound[0] in PERMANENT_BOUND and time.monotonic() - shown_at >= PERMANENT_GRACE:
+                        raise CLIError(f"DataVolume {self.ns}/{self.name} cannot get a volume: {unbound[1]}; "
+                                       f"after fixing that, run cdi image-upload dv {self.name} --no-create again, "
+                                       f"or delete the DataVolume (cdi delete dv {self.name}) and start over")
+                else:
+                    shown = ("", "")
             else:
                 pvc = store.get(PVC, self.ns, self.name)
                 if pvc is None:
@@ -532,6 +591,9 @@ class ImageUpload:
                 self.say(f"Waiting for the upload server of {self.kind_word} {self.ns}/{self.name} ...")
                 said = True
             if time.monotonic() > deadline:
+                if shown[1]:
+                    raise CLIError(f"the upload server of {self.ns}/{self.name} was not ready within "
+                                   f"{self.a.wait_secs}s: the volume is not bound: {shown[0]}: {shown[1]}")
                 raise CLIError(f"the upload server of {self.ns}/{self.name} was not ready within {self.a.wait_secs}s; "
                                "is the controller running (cdi controller status)?")
             if self.ctx.stop.wait(0.1):
@@ -548,11 +610,34 @@ class ImageUpload:
             raise CLIError(f"the upload proxy did not start; see {api.upload_dir(self.ctx.data_dir)}/proxy.log")
         return str(st["url"]), st.get("ca")
 
-    def _wait_done(self) -> int:
+    def _state_file(self) -> str:
+        """The upload server's ``upload-state.json`` (attempts, lastError with its attempt, pid)."""
+        pvc = self.ctx.store.get(PVC, self.ns, self.name)
+        ann = ((pvc or {}).get("metadata") or {}).get("annotations") or {}
+        wname = ann.get(api.UPLOAD_WORKER) or api.worker_name(self.ns, self.name)
+        return os.path.join(self.ctx.data_dir, "workers", wname, api.STATE_FILE)
+
+    def _this_run(self, resp: Response) -> tuple[int, int]:
+        """(attempt, pid) of the upload server run that took this upload's bytes: its failures are
+        ours to report; an error recorded for another attempt (an earlier upload) is not."""
+        st = _read_json(self._state_file())
+        try:
+            attempt = int(resp.headers.get(api.HDR_ATTEMPT.lower(), "") or 0)
+        except ValueError:
+            attempt = 0
+        if not attempt:  # a proxy that does not pass the header: ours is the run the server is on now
+            attempt = int(st.get("attempts") or 0)
+        return attempt, int(st.get("pid") or 0)
+
+    def _wait_done(self, run: tuple[int, int]) -> int:
+        """Wait for the outcome of this upload: Succeeded, or a failure of this upload's run."""
+        attempt, pid = run
+        state_file = self._state_file()
         store = self.ctx.store
         deadline = time.monotonic() + 24 * 3600
         while time.monotonic() < deadline:
             pvc = store.get(PVC, self.ns, self.name)
+            annotations = ((pvc or {}).get("metadata") or {}).get("annotations") or {}
             if self.a.kind == "dv":
                 dv = store.get(DV, self.ns, self.name)
                 st = (dv or {}).get("status") or {}
@@ -560,23 +645,36 @@ class ImageUpload:
                 if phase == "Failed":
                     raise CLIError(f"DataVolume {self.ns}/{self.name} failed: {_message(st)}")
                 done = phase == "Succeeded"
-                err = _last_upload_error(st)
-                if err and not done and _running(st) != self._before:
-                    raise CLIError(f"processing the upload failed: {err}; the volume is ready for another upload")
             else:
-                phase = ((pvc or {}).get("metadata", {}).get("annotations") or {}).get(POD_PHASE)
+                phase = annotations.get(POD_PHASE)
                 if phase == "Failed":
                     raise CLIError(f"PVC {self.ns}/{self.name} upload failed; see cdi describe pvc {self.name}")
                 done = phase == "Succeeded"
             if done:
-                where = ((pvc or {}).get("metadata", {}).get("annotations") or {}).get(DISK_PATH, "")
                 self.say("Processing completed successfully")
-                self.say(f"Uploaded {self.path} to {self.kind_word} {self.ns}/{self.name}" +
-                         (f"; the disk is {where}" if where else ""))
+                where = self._where(annotations)
+                where = f"; {where}" if where else ""
+                self.say(f"Uploaded {self.path} to {self.kind_word} {self.ns}/{self.name}{where}")
                 return 0
+            server = _read_json(state_file)
+            err = server.get("lastError") or {}
+            same_server = not pid or server.get("pid") in (None, pid)
+            if attempt and same_server and err.get("attempt") == attempt:
+                raise CLIError(f"processing the upload failed: {err.get('reason')}: {err.get('message')}; "
+                               "the volume is ready for another upload")
+            if not same_server:
+                raise CLIError(f"the upload server of {self.kind_word} {self.ns}/{self.name} restarted before it "
+                               "finished processing this upload, which was lost; run the command again "
+                               f"(see cdi describe {self.a.kind} {self.name})")
             if self.ctx.stop.wait(0.1):
                 return 130
         raise CLIError("timed out waiting for processing to complete")
+
+    def _where(self, annotations: dict[str, str]) -> str:
+        """Where the data is: the disk, or for an archive (extracted files, no disk.img) the volume."""
+        if self.archive or annotations.get(CONTENT_TYPE) == "archive":
+            return f"the files are in {annotations[VOLUME_PATH]}" if annotations.get(VOLUME_PATH) else ""
+        return f"the disk is {annotations[DISK_PATH]}" if annotations.get(DISK_PATH) else ""
 
 
 def _early(sock: socket.socket) -> bytes:
@@ -618,11 +716,20 @@ def _read_response(sock: socket.socket, got: bytes) -> Response:
                     headers)
 
 
-def _running(status: dict[str, Any]) -> tuple[str, str]:
+def _read_json(path: str) -> dict[str, Any]:
+    try:
+        with open(path) as f:
+            d = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return d if isinstance(d, dict) else {}
+
+
+def _condition(status: dict[str, Any], type_: str) -> dict[str, Any]:
     for c in status.get("conditions") or []:
-        if c.get("type") == "Running":
-            return (str(c.get("message", "")), str(c.get("lastHeartbeatTime", "")))
-    return ("", "")
+        if c.get("type") == type_:
+            return dict(c)
+    return {}
 
 
 def _message(status: dict[str, Any]) -> str:
@@ -630,14 +737,6 @@ def _message(status: dict[str, Any]) -> str:
         if c.get("type") in ("Running", "Ready") and c.get("message"):
             return f"{c.get('reason')}: {c.get('message')}"
     return "no details; see cdi describe"
-
-
-def _last_upload_error(status: dict[str, Any]) -> str:
-    """The Running condition says so when the last upload failed during processing (async)."""
-    for c in status.get("conditions") or []:
-        if c.get("type") == "Running" and str(c.get("message", "")).startswith("ready for another upload; the last"):
-            return str(c.get("message")).split("failed: ", 1)[-1]
-    return ""
 
 
 def main(argv: list[str] | None = None) -> int:

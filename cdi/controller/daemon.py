@@ -103,6 +103,16 @@ def stop(data_dir: str, timeout: float = 15.0) -> bool:
     return True
 
 
+def stop_upload_proxy(data_dir: str) -> bool:
+    """Stop the upload proxy of ``data_dir`` (the controller or ``cdi image-upload`` starts it when
+    needed); returns False if none was running."""
+    try:
+        from cdi.controller.upload import stop_proxy
+    except ImportError:
+        return False
+    return stop_proxy(data_dir)
+
+
 def serve(data_dir: str) -> int:
     """Run the controller in the foreground until SIGTERM or SIGINT."""
     from cdi.controller.manager import Manager

@@ -78,17 +78,22 @@ def _read_state(path: str) -> dict[str, Any]:
         return {}
 
 
-def upload_config(data_dir: str) -> api.UploadConfig:
+def upload_config(data_dir: str, strict: bool = False) -> api.UploadConfig:
+    """The ``upload:`` settings of ``config.yaml``; the defaults when they are invalid, or with
+    ``strict`` a ValueError naming the file, the key and what to write."""
     import yaml
 
+    path = os.path.join(data_dir, "config.yaml")
     try:
-        with open(os.path.join(data_dir, "config.yaml")) as f:
+        with open(path) as f:
             raw = yaml.safe_load(f) or {}
     except (OSError, yaml.YAMLError):
         raw = {}
     try:
         return api.UploadConfig.from_mapping(raw.get("upload") if isinstance(raw, dict) else None)
-    except ValueError:
+    except ValueError as e:
+        if strict:
+            raise ValueError(f"{path}: {e}") from None
         return api.UploadConfig()
 
 
@@ -125,8 +130,12 @@ def ensure_proxy(data_dir: str, wait: float = 0.0) -> dict[str, Any] | None:
 
 
 def stop_proxy(data_dir: str, timeout: float = 10.0) -> bool:
+    """Stop the upload proxy of ``data_dir``; False if none was running. Uploads through it are
+    cut off; their clients can resume them once a proxy runs again."""
     import signal
 
+    if not proxy_running(data_dir):
+        return False  # a pid file left behind names no proxy (or another process by now)
     d = api.upload_dir(data_dir)
     try:
         with open(os.path.join(d, "proxy.pid")) as f:
@@ -138,6 +147,9 @@ def stop_proxy(data_dir: str, timeout: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and proxy_running(data_dir):
         time.sleep(0.05)
+    if proxy_running(data_dir):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     return True
 
 
@@ -299,6 +311,8 @@ class UploadDriver:
                     "(HEAD for Upload-Offset, then send the rest with Content-Range)")
         if obs.state == api.ST_PROCESSING:
             return f"all {human_bytes(obs.received)} received; {(obs.stage or 'processing').lower()}"
+        if obs.state == api.ST_DONE:  # an earlier upload's lastError is history now
+            return "upload complete; the upload server is finishing"
         if obs.last_error:
             return (f"ready for another upload; the last one failed: {obs.last_error.get('reason')}: "
                     f"{obs.last_error.get('message')}")

@@ -10,6 +10,8 @@
     retryBackoffMaxSeconds: 60
     importerIdleTimeoutSeconds: 600
     importerMaxResumes: 5         # in-worker resumes (Range) before the worker gives up
+    upload:                       # optional; see cdi.api.upload.UploadConfig
+      tokenTTLSeconds: 300        # (0, 3600]
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from cdi.api.upload import UploadConfig
 from cdi.backends.base import StorageClassInfo
 from cdi.common.errors import PermanentError
 from cdi.store.sqlite import Store
@@ -50,6 +53,7 @@ class Config:
     retry_backoff_max: float = 60.0
     importer_idle_timeout: float = 600.0
     importer_max_resumes: int = 5
+    upload: UploadConfig = field(default_factory=UploadConfig)
 
     @property
     def default_storage_class(self) -> str | None:
@@ -116,6 +120,10 @@ class Config:
         overhead = num("filesystemOverhead", 0.06)
         if not 0 <= overhead < 1:
             raise PermanentError(f"{path}: filesystemOverhead must be in [0, 1), e.g. 0.06; got {overhead}")
+        try:
+            upload = UploadConfig.from_mapping(raw.get("upload"))
+        except ValueError as e:
+            raise PermanentError(f"{path}: {e}") from e
         return cls(
             data_dir=data_dir,
             storage_classes=classes,
@@ -125,4 +133,5 @@ class Config:
             retry_backoff_max=num("retryBackoffMaxSeconds", 60),
             importer_idle_timeout=num("importerIdleTimeoutSeconds", 600),
             importer_max_resumes=int(num("importerMaxResumes", 5)),
+            upload=upload,
         )

@@ -64,6 +64,8 @@ def test_cli_archive_upload(env: Env, tmp_path):
     code, out, err = env.cli("dv", "arch", "--archive-path", str(tar), "--size", "64Mi")
     assert code == 0, out + err
     vol = env.volume_path("arch")
+    last = out.strip().splitlines()[-1]
+    assert last.endswith(f"the files are in {vol}") and "disk.img" not in out, out  # an archive has no disk.img
     assert Path(vol, "a.txt").read_bytes() == b"hello\n"
     assert sha256_file(os.path.join(vol, "sub", "b.bin")) == sha256_file(str(src / "sub" / "b.bin"))
 
@@ -218,9 +220,9 @@ def test_bad_tokens_are_refused(env: Env, tmp_path):
     assert _post_raw(env, f"{h2}.{c2}.")[:2] == (401, "TokenUnsigned")
     # no / malformed Authorization: 400 as CDI
     assert _post_raw(env, "")[0] == 400
-    # a valid token for another volume never reaches vol-a (vol-b does not exist: 503 after the wait)
+    # a valid token for another volume never reaches vol-a (vol-b does not exist: 404 at once)
     status, reason, text = _post_raw(env, env.token("vol-b"))
-    assert status == 503 and "vol-b" in text
+    assert status == 404 and reason == "NotFound" and "vol-b" in text
     assert env.upload_state("vol-a")["attempts"] == 0  # vol-a's server never saw a byte
     assert env.dv("vol-a")["status"]["phase"] == "UploadReady"
 

@@ -108,15 +108,16 @@ def test_controller_commands(cli, monkeypatch):
         ensure_running=lambda d: calls.append("ensure"),
         status=lambda d: {"running": True, "pid": 42},
         stop=lambda d: calls.append("stop") or True,
+        stop_upload_proxy=lambda d: calls.append("stop-proxy") or True,
     )
     from cdi.cli import controller
 
     monkeypatch.setattr(controller, "daemon", lambda: fake)
     assert cli("controller", "status").out.startswith("controller: running (pid 42)")
-    assert cli("controller", "stop").out == "controller stopped\n"
+    assert cli("controller", "stop").out == "controller stopped\nupload proxy stopped\n"
     assert cli("serve", "--foreground").rc == 0
     assert cli("controller", "start").out.startswith("controller running (pid 42")
-    assert calls == ["stop", "serve", "ensure"]
+    assert calls == ["stop", "stop-proxy", "serve", "ensure"]
 
 
 def test_quantity():

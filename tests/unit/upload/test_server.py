@@ -249,3 +249,50 @@ def test_resume_only_continues_the_same_upload(server):
     assert status == 409
     status, _, _ = request(server, "POST", "/v1beta1/upload", data[off:], {**rng, api.HDR_UPLOAD_ID: "aaa"})
     assert status == 200 and disk(server) == data
+
+
+@pytest.fixture
+def real_server(tmp_path):
+    """The upload server with the real data path."""
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    (tmp_path / "auth").write_text(SECRET)
+    settings = ImportSettings(source="upload", image_size=16 << 20, data_dir=str(vol),
+                              scratch_dir=str(tmp_path / "scratch"), progress_file=str(tmp_path / "progress.json"),
+                              termination_log=str(tmp_path / "termination-log"), idle_timeout=5)
+    env = {api.ENV_LISTEN: f"unix:{tmp_path}/s.sock", api.ENV_STATE_FILE: str(tmp_path / "state.json"),
+           api.ENV_AUTH_FILE: str(tmp_path / "auth"), api.ENV_RESUME_TIMEOUT: "3", "UPLOAD_TARGET": "ns/vol"}
+    srv = UploadServer(settings, env)
+    srv.serve()
+    srv.tmp = tmp_path
+    yield srv
+    srv.shutdown()
+
+
+def test_an_uploaded_html_page_is_named_as_such(real_server):
+    page = b"<!DOCTYPE html><html><body>Sign in to continue</body></html>\n" * 20
+    status, headers, text = request(real_server, "POST", "/v1beta1/upload", page)
+    assert status == 400 and headers[api.HDR_REASON.lower()] == "NotAnImage"
+    assert "uploaded file is an HTML page" in text and "URL" not in text, text
+    assert state(real_server)["lastError"]["message"] == text.removeprefix("Saving stream failed: ").strip()
+    assert not (real_server.tmp / "vol" / "disk.img").exists()
+
+
+def test_answers_name_the_run_that_took_the_bytes(server):
+    status, headers, _ = request(server, "POST", "/v1beta1/upload", b"TOOBIG" + b"x" * 100)
+    assert status == 400 and headers[api.HDR_ATTEMPT.lower()] == "1"
+    assert state(server)["lastError"]["attempt"] == 1
+    status, headers, _ = request(server, "POST", "/v1beta1/upload-async", b"y" * 5000)
+    assert status == 200 and headers[api.HDR_ATTEMPT.lower()] == "2"
+    wait_for(lambda: state(server)["state"] == api.ST_DONE)
+    assert state(server)["attempts"] == 2 and state(server)["lastError"]["attempt"] == 1  # history, not this run
+
+
+def test_head_tells_the_length_once_it_is_known(server):
+    status, headers, _ = request(server, "HEAD", "/v1beta1/upload-async")
+    assert status == 200 and headers[api.HDR_OFFSET.lower()] == "0"
+    assert api.HDR_LENGTH.lower() not in headers  # no upload yet: no length to tell
+    request(server, "POST", "/v1beta1/upload", b"z" * 3000)
+    status, headers, _ = request(server, "HEAD", "/v1beta1/upload-async")
+    assert headers["x-upload-state"] == api.ST_DONE
+    assert headers[api.HDR_LENGTH.lower()] == "3000" and headers[api.HDR_OFFSET.lower()] == "3000"
