@@ -34,6 +34,7 @@ import signal
 import ssl
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -49,6 +50,7 @@ PVC = "PersistentVolumeClaim"
 UPLOAD_TARGET = "cdi.kubevirt.io/storage.upload.target"
 POD_PHASE = "cdi.kubevirt.io/storage.pod.phase"
 CHUNK = 256 << 10  # bounded buffers: the proxy's memory does not grow with the image
+RING = 8  # body buffers per upload (more than the 4 * CHUNK backpressure mark keeps in flight)
 MAX_HEADER = 64 * 1024
 STATE_FILE = "proxy.json"
 
@@ -398,6 +400,7 @@ class Proxy:
             if not ct.is_closing():
                 ct.pause_reading()  # type: ignore[attr-defined]
             ct.set_protocol(old)
+            pump.release()
             helpers = [t for t in pump.tasks if not t.done()]
             for t in helpers:
                 t.cancel()
@@ -483,22 +486,42 @@ class _BodyPump(asyncio.BufferedProtocol):
         self.left = left
         self.done = done
         self.proxy = proxy
-        self.buf = memoryview(bytearray(CHUNK))
-        self.buf_backup = self.buf
+        # A ring of buffers, each with the count of bytes written up to its end: the transport
+        # keeps what it cannot send at once (uvloop as a reference, not a copy), so a buffer is
+        # read into again only once every byte of it has left (sent >= its mark).
+        self.ring = [memoryview(bytearray(CHUNK)) for _ in range(RING)]
+        self.marks = [0] * RING
+        self.slot: int | None = 0
+        self.next_slot = 0
+        self.written = 0
+        self.buf = self.ring[0]
         self.waiting = False
         self.tasks: set[asyncio.Future[None]] = set()  # keep references to running helpers
 
+    def release(self) -> None:
+        """Drop the buffers now: the pump sits in reference cycles (its helper tasks) that only
+        the cyclic garbage collector would free, megabytes per upload, much later."""
+        for task in self.tasks:
+            task.cancel()
+        self.tasks.clear()
+        self.ring = []
+        self.buf = memoryview(b"")
+
     def feed(self, data: bytes) -> None:
-        n = len(data)
-        if n:
-            self.buf_backup = self.buf
-            self.buf = memoryview(data)
-            try:
-                self.buffer_updated(n)
-            finally:
-                self.buf = self.buf_backup
+        if data:
+            self.buf, self.slot = memoryview(data), None
+            self.buffer_updated(len(data))
 
     def get_buffer(self, sizehint: int) -> memoryview:
+        sent = self.written - self.out.get_write_buffer_size()
+        for _ in range(RING):
+            i = self.next_slot
+            self.next_slot = (i + 1) % RING
+            if sent >= self.marks[i]:
+                self.buf, self.slot = self.ring[i], i
+                break
+        else:  # every buffer still has bytes in flight (backpressure makes this rare)
+            self.buf, self.slot = memoryview(bytearray(CHUNK)), None
         return self.buf[: max(1, min(len(self.buf), self.left))]
 
     def buffer_updated(self, nbytes: int) -> None:
@@ -507,7 +530,10 @@ class _BodyPump(asyncio.BufferedProtocol):
         if self.out.is_closing():
             self.done.set_exception(_ServerGone("the upload server closed the connection"))
             return
-        self.out.write(self.buf[:nbytes])  # the transport copies what it cannot send at once
+        self.out.write(self.buf[:nbytes])
+        self.written += nbytes
+        if self.slot is not None:
+            self.marks[self.slot] = self.written
         self.left -= nbytes
         self.proxy.bytes_proxied += nbytes
         if self.left <= 0:
@@ -657,6 +683,15 @@ def _tame_malloc() -> None:
         libc.mallopt(-8, 2)  # M_ARENA_MAX
 
 
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop where it is installed: its TLS and transports take about 60% less CPU per byte."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 def main(argv: list[str] | None = None) -> int:
     _tame_malloc()
     p = argparse.ArgumentParser(prog="uploadproxy", description="pycdi upload proxy (embedded backend)")
@@ -687,7 +722,8 @@ def main(argv: list[str] | None = None) -> int:
     with open(os.path.join(d, "proxy.pid"), "w") as f:
         f.write(f"{os.getpid()}\n")
     try:
-        asyncio.run(serve(data_dir, config))
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(serve(data_dir, config))
     except OSError as e:
         log.error("cannot serve on %s:%s: %s", config.proxy_address, config.proxy_port, e)
         return 1

@@ -269,7 +269,8 @@ class Ours:
         server.stop()
         cpu = {"proxy": proxy.cpu_user + proxy.cpu_sys - proxy_cpu0, "server": server.cpu_user + server.cpu_sys}
         del curl
-        log(f"       cpu: proxy {cpu['proxy']:.2f} s, upload server {cpu['server']:.2f} s")
+        log(f"       cpu: proxy {cpu['proxy']:.2f} s, upload server {cpu['server']:.2f} s; "
+            f"peak rss: proxy {proxy.peak_tree_rss / MiB:.1f} MiB, upload server {server.peak_tree_rss / MiB:.1f} MiB")
         disk = store.must_get("PersistentVolumeClaim", "default", name)["metadata"]["annotations"][
             "embedded.cdi.kubevirt.io/disk-path"]
         store.close()
