@@ -209,7 +209,7 @@ class Decoder:
         self.target = target
         self.spool = spool
         self.pos = 0  # host offset of the next byte expected
-        self.data_bytes = 0
+        self._writer = sparse.SparseWriter(target)
         self.spooled_used = 0  # bytes of needs served from the spool
         self._heap: list[_Need] = []
         self._seq = 0
@@ -376,6 +376,11 @@ class Decoder:
             raise Qcow2Error(f"qcow2 compressed cluster at guest offset {guest} is short ({len(out)} bytes)")
         return out
 
+    @property
+    def data_bytes(self) -> int:
+        """Non-zero bytes written to the target."""
+        return self._writer.data_bytes
+
     def close(self) -> None:
         """Stop the inflate threads (what they had not written is dropped)."""
         if self._pool is not None:
@@ -388,7 +393,7 @@ class Decoder:
     def _write(self, guest: int, piece: memoryview) -> None:
         if not len(piece):
             return
-        self.data_bytes += sparse.write_sparse(self.target, guest, piece)
+        self._writer.write(guest, piece)
         end = guest + len(piece)
         w = self._written
         if w and w[-1][1] == guest:
@@ -410,6 +415,7 @@ class Decoder:
         self._heap.clear()
         while self._inflating:
             self._write_inflated()
+        self._writer.flush()
         if not self._l1_done:
             raise Qcow2Error(f"the qcow2 image is truncated: it ends at {self.pos} bytes, before its L1 table")
         if self.target.prezeroed:

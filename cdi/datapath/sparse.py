@@ -297,36 +297,54 @@ class ChunkReader:
         self.close()
 
 
-def write_sparse(target: Target, offset: int, view: memoryview) -> int:
-    """Write ``view`` at ``offset``: data segments are written, zero segments zeroed; returns data bytes."""
-    n = len(view)
-    seg = 0
-    data_start = -1
-    zero_start = -1
-    data_bytes = 0
-    while seg < n:
-        seg_end = min(seg + SEGMENT, n)
-        zero = (_ZEROS if seg_end - seg == SEGMENT else bytearray(seg_end - seg)) == view[seg:seg_end]
-        if zero:
+class SparseWriter:
+    """Writes ``view``s to a target: data segments are written, runs of zero segments become
+    one ``target.zero`` (coalesced across calls while the offsets follow on)."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.data_bytes = 0  # non-zero bytes written
+        self._zero_start = -1  # a pending run of zeros: [start, end)
+        self._zero_end = -1
+
+    def write(self, offset: int, view: memoryview) -> None:
+        target = self.target
+        zero_start, zero_end = self._zero_start, self._zero_end
+        if zero_start >= 0 and offset != zero_end:
+            target.zero(zero_start, zero_end - zero_start)
+            zero_start = -1
+        n = len(view)
+        seg = 0
+        data_start = -1
+        try:
+            while seg < n:
+                seg_end = min(seg + SEGMENT, n)
+                if (_ZEROS if seg_end - seg == SEGMENT else bytearray(seg_end - seg)) == view[seg:seg_end]:
+                    if data_start >= 0:
+                        target.write(offset + data_start, view[data_start:seg])
+                        self.data_bytes += seg - data_start
+                        data_start = -1
+                    if zero_start < 0:
+                        zero_start = offset + seg
+                    zero_end = offset + seg_end
+                else:
+                    if zero_start >= 0:
+                        target.zero(zero_start, offset + seg - zero_start)
+                        zero_start = -1
+                    if data_start < 0:
+                        data_start = seg
+                seg = seg_end
             if data_start >= 0:
-                target.write(offset + data_start, view[data_start:seg])
-                data_bytes += seg - data_start
-                data_start = -1
-            if zero_start < 0:
-                zero_start = seg
-        else:
-            if zero_start >= 0:
-                target.zero(offset + zero_start, seg - zero_start)
-                zero_start = -1
-            if data_start < 0:
-                data_start = seg
-        seg = seg_end
-    if data_start >= 0:
-        target.write(offset + data_start, view[data_start:n])
-        data_bytes += n - data_start
-    if zero_start >= 0:
-        target.zero(offset + zero_start, n - zero_start)
-    return data_bytes
+                target.write(offset + data_start, view[data_start:n])
+                self.data_bytes += n - data_start
+        finally:
+            self._zero_start, self._zero_end = zero_start, zero_end
+
+    def flush(self) -> None:
+        """Zero the pending run of zeros (before a sync, the end, or after an error)."""
+        if self._zero_start >= 0:
+            start, self._zero_start = self._zero_start, -1
+            self.target.zero(start, self._zero_end - start)
 
 
 def pump(
@@ -342,8 +360,7 @@ def pump(
     when output would pass ``limit``. Memory is bounded by POOL * CHUNK.
     """
     pos = offset
-    zero_start = -1  # start of a pending run of zeros
-    data_bytes = 0
+    writer = SparseWriter(target)
     reader = ChunkReader(stream)
     try:
         while True:
@@ -351,44 +368,16 @@ def pump(
             if item is None:
                 break
             buf, n = item
-            view = memoryview(buf)[:n]
             if pos + n > limit:
                 raise Overflow(pos + n)
-            seg = 0
-            data_start = -1
-            while seg < n:
-                seg_end = min(seg + SEGMENT, n)
-                is_zero = (_ZEROS if seg_end - seg == SEGMENT else bytearray(seg_end - seg)) == view[
-                    seg:seg_end
-                ]
-                if is_zero:
-                    if data_start >= 0:
-                        target.write(pos + data_start, view[data_start:seg])
-                        data_bytes += seg - data_start
-                        data_start = -1
-                    if zero_start < 0:
-                        zero_start = pos + seg
-                else:
-                    if zero_start >= 0:
-                        target.zero(zero_start, pos + seg - zero_start)
-                        zero_start = -1
-                    if data_start < 0:
-                        data_start = seg
-                seg = seg_end
-            if data_start >= 0:
-                target.write(pos + data_start, view[data_start:n])
-                data_bytes += n - data_start
-            del view
+            writer.write(pos, memoryview(buf)[:n])
             pos += n
             reader.release(buf)
             if on_written is not None:
                 on_written(pos)
-        if zero_start >= 0:
-            target.zero(zero_start, pos - zero_start)
-            zero_start = -1
-        return PumpResult(pos, data_bytes)
+        writer.flush()
+        return PumpResult(pos, writer.data_bytes)
     finally:
-        if zero_start >= 0:  # flush zeros seen before an error so resume offsets stay exact
-            with contextlib.suppress(OSError):
-                target.zero(zero_start, pos - zero_start)
+        with contextlib.suppress(OSError):  # zeros seen before an error count, so resume offsets stay exact
+            writer.flush()
         reader.close()
