@@ -110,8 +110,9 @@ class Launcher:
         self._dom: Domain | None = self._conn.lookup(identity.domain_name)
         self._vnc = ""
         if self._dom is not None:  # adopt a domain left by a previous launcher
-            self._vnc = self._read_vnc()
-            self._refresh()
+            with self._cv:
+                self._vnc = self._read_vnc()
+                self._refresh()
         self._thread = threading.Thread(target=self._loop, name=f"vmi-{identity.domain_name}", daemon=True)
         self._thread.start()
 

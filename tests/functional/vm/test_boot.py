@@ -199,6 +199,28 @@ def test_pause_unpause_stop_start_round_trip(guest: Guest, make_launcher: Any, t
     assert st["restartCount"] == 0
 
 
+def test_a_new_launcher_adopts_a_running_guest(guest: Guest, make_launcher: Any, tmp_path: Path) -> None:
+    """A controller restart: the next launcher for the same VMI finds the domain and reports it."""
+    from vm_runtime.lifecycle import Launcher
+
+    s = spec(
+        [("rootdisk", {"bus": "virtio"}), ("cloudinit", {"bus": "virtio"})],
+        [{"name": "rootdisk", "dataVolume": {"name": "vm-root"}}, cloud_init(action="wait")],
+    )
+    volumes = {"rootdisk": fs_volume(tmp_path, "root", guest.raw)}
+    first = make_launcher(s, volumes)
+    first.start()
+    wait_console(first, "PYCDI-GUEST-WAITING")
+    first.wait_for(lambda st: st["phase"] == "Running", timeout=10)
+    first.close()  # the controller went away; the guest keeps running
+    second = Launcher(first.identity, s, volumes, run_dir=first.run_dir)
+    try:
+        st = second.wait_for(lambda st: st["phase"] == "Running", timeout=10)
+        assert st["domainState"] == "running"
+    finally:
+        second.delete(grace=0, keep_run_dir=True)
+
+
 def test_stop_falls_back_to_destroy_after_grace(guest: Guest, make_launcher: Any, tmp_path: Path) -> None:
     # Without the ACPI button handler (action=poweroff races it), use a paused guest: it cannot
     # react to ACPI at all, so stop() must destroy it.
