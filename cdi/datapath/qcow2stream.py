@@ -31,6 +31,7 @@ import heapq
 import logging
 import os
 import struct
+import threading
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -216,11 +217,12 @@ class Decoder:
         self._l2_pending = 0  # L2 tables known but not yet read
         self._l1_done = header.l1_size == 0
         self._written: list[list[int]] = []  # guest ranges made, sorted and merged [start, end)
-        self._zstd: Any = None
+        self._zstd: Any = None  # the zstandard module, for zstd-compressed clusters
         if header.compression == ZSTD:
             import zstandard
 
-            self._zstd = zstandard.ZstdDecompressor()
+            self._zstd = zstandard
+        self._local = threading.local()  # a zstd decompressor per inflate thread (they are not thread-safe)
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._inflating: collections.deque[tuple[concurrent.futures.Future[bytes], int]] = collections.deque()
         if header.l1_size:
@@ -367,7 +369,10 @@ class Decoder:
         cs = self.h.cluster_size
         try:
             if self._zstd is not None:
-                out: bytes = self._zstd.decompressobj().decompress(data)
+                dctx = getattr(self._local, "dctx", None)
+                if dctx is None:
+                    dctx = self._local.dctx = self._zstd.ZstdDecompressor()
+                out: bytes = dctx.decompressobj().decompress(data)
             else:
                 out = zlib.decompressobj(-12).decompress(data, cs)
         except Exception as e:

@@ -219,6 +219,8 @@ class PumpResult:
 
 HANDOVER_SECONDS = 0.5
 _ZEROS = bytearray(SEGMENT)  # bytearray == memoryview is a memcmp; memoryview == bytes is not
+BLOCK = 4 << 10  # finer zero detection inside data segments of files
+_ZERO_BLOCK = bytearray(BLOCK)
 
 
 class ChunkReader:
@@ -316,9 +318,11 @@ class SparseWriter:
         n = len(view)
         seg = 0
         data_start = -1
+        fine = target.prezeroed
         try:
             while seg < n:
-                seg_end = min(seg + SEGMENT, n)
+                # segments (and blocks) are aligned to the target's offsets, not to this call's
+                seg_end = min(n, seg + SEGMENT - (offset + seg) % SEGMENT)
                 if (_ZEROS if seg_end - seg == SEGMENT else bytearray(seg_end - seg)) == view[seg:seg_end]:
                     if data_start >= 0:
                         target.write(offset + data_start, view[data_start:seg])
@@ -331,7 +335,21 @@ class SparseWriter:
                     if zero_start >= 0:
                         target.zero(zero_start, offset + seg - zero_start)
                         zero_start = -1
-                    if data_start < 0:
+                    if fine:
+                        # a file reads zeros where nothing was written: whole zero blocks inside
+                        # a data segment stay holes too (as with qemu-img's 4 KiB granularity)
+                        blk = seg
+                        while blk < seg_end:
+                            blk_end = min(seg_end, blk + BLOCK - (offset + blk) % BLOCK)
+                            if blk_end - blk == BLOCK and _ZERO_BLOCK == view[blk:blk_end]:  # noqa: SIM300 (memcmp)
+                                if data_start >= 0:
+                                    target.write(offset + data_start, view[data_start:blk])
+                                    self.data_bytes += blk - data_start
+                                    data_start = -1
+                            elif data_start < 0:
+                                data_start = blk
+                            blk = blk_end
+                    elif data_start < 0:
                         data_start = seg
                 seg = seg_end
             if data_start >= 0:
