@@ -160,6 +160,7 @@ class Domain:
     def __init__(self, dom: Any) -> None:
         self._dom = dom
         self.name: str = dom.name()
+        self.uuid: str = dom.UUIDString()
 
     def start(self) -> None:
         _call(f"start {self.name}", self._dom.create)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 import queue
 import shutil
 import threading
@@ -56,6 +57,8 @@ from vm_runtime.volumes import ResolvedVolume, prepare_volumes
 
 Status = dict[str, Any]
 _BENIGN_PAUSE = {"user", "migration", "save", "snapshot", "starting-up", "shutting-down", "dump", "postcopy"}
+
+log = logging.getLogger(__name__)
 
 
 VNC_LISTEN = "127.0.0.1"  # the display is for this machine only
@@ -108,6 +111,17 @@ class Launcher:
         self._conn = Connection(uri)
         self._conn.on_lifecycle(self._on_event)
         self._dom: Domain | None = self._conn.lookup(identity.domain_name)
+        if self._dom is not None and identity.uid and self._dom.uuid != identity.uid:
+            # left by an earlier VMI of the same name: not this one's to adopt
+            if self._dom.state()[0] in (DomainState.SHUTOFF, DomainState.UNDEFINED):
+                log.info("%s: removing the stopped domain of an earlier VMI (uid %s)",
+                         identity.domain_name, self._dom.uuid)
+                with contextlib.suppress(Exception):  # gone meanwhile: nothing to remove
+                    self._dom.undefine()
+            else:
+                log.warning("%s: a domain of an earlier VMI (uid %s) still runs; starting this VMI will fail "
+                            "until it stops", identity.domain_name, self._dom.uuid)
+            self._dom = None
         self._vnc = ""
         if self._dom is not None:  # adopt a domain left by a previous launcher
             with self._cv:

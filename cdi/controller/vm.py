@@ -342,7 +342,11 @@ class VirtualMachineInstanceController:
                             run_dir=Path(self.ctx.config.data_dir) / "vms" / ns / name,
                             run_strategy=strategy, on_status=on_status)
         if launcher.status()["phase"] not in (VMIPhase.RUNNING.value,):
-            launcher.start()
+            try:
+                launcher.start()
+            except BaseException:
+                launcher.close()  # its watcher thread and libvirt connection, or they pile up per retry
+                raise
             self.ctx.store.record_event(vmi, "Normal", "Started", f"VirtualMachineInstance {name} started "
                                         f"({launcher.status().get('accelerator', '')})")
         self.launchers[(ns, name)] = launcher

@@ -10,7 +10,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import subprocess
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -213,10 +215,45 @@ def test_a_new_launcher_adopts_a_running_guest(guest: Guest, make_launcher: Any,
     wait_console(first, "PYCDI-GUEST-WAITING")
     first.wait_for(lambda st: st["phase"] == "Running", timeout=10)
     first.close()  # the controller went away; the guest keeps running
-    second = Launcher(first.identity, s, volumes, run_dir=first.run_dir)
+    try:
+        second = Launcher(first.identity, s, volumes, run_dir=first.run_dir)
+    except BaseException:
+        _destroy_domain(first.identity.domain_name)
+        raise
     try:
         st = second.wait_for(lambda st: st["phase"] == "Running", timeout=10)
         assert st["domainState"] == "running"
+    finally:
+        second.delete(grace=0, keep_run_dir=True)
+
+
+def _destroy_domain(name: str) -> None:
+    for action in ("destroy", "undefine"):
+        subprocess.run(["virsh", "-c", "qemu:///system", action, name], capture_output=True, timeout=30)
+
+
+def test_the_stopped_domain_of_an_earlier_vmi_is_not_adopted(guest: Guest, make_launcher: Any, tmp_path: Path) -> None:
+    """A VM deleted and created again under the same name: the new VMI (new uid) starts afresh."""
+    from vm_runtime.domain import Identity
+    from vm_runtime.lifecycle import Launcher
+
+    s = spec(
+        [("rootdisk", {"bus": "virtio"}), ("cloudinit", {"bus": "virtio"})],
+        [{"name": "rootdisk", "dataVolume": {"name": "vm-root"}}, cloud_init(action="wait")],
+    )
+    volumes = {"rootdisk": fs_volume(tmp_path, "root", guest.raw)}
+    first = make_launcher(s, volumes)
+    first.start()
+    first.wait_for(lambda st: st["phase"] == "Running", timeout=30)
+    first.stop(grace=0)  # the domain stays defined, shut off
+    first.close()
+    ident = Identity(first.identity.namespace, first.identity.name, str(uuid.uuid4()))
+    second = Launcher(ident, s, volumes, run_dir=tmp_path / "second")
+    try:
+        assert second.status()["phase"] == "Pending", second.status()
+        second.start()
+        wait_console(second, "PYCDI-GUEST-WAITING")
+        assert second.wait_for(lambda st: st["phase"] == "Running", timeout=10)["domainState"] == "running"
     finally:
         second.delete(grace=0, keep_run_dir=True)
 
