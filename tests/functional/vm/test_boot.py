@@ -205,15 +205,7 @@ def test_a_new_launcher_adopts_a_running_guest(guest: Guest, make_launcher: Any,
     """A controller restart: the next launcher for the same VMI finds the domain and reports it."""
     from vm_runtime.lifecycle import Launcher
 
-    s = spec(
-        [("rootdisk", {"bus": "virtio"}), ("cloudinit", {"bus": "virtio"})],
-        [{"name": "rootdisk", "dataVolume": {"name": "vm-root"}}, cloud_init(action="wait")],
-    )
-    volumes = {"rootdisk": fs_volume(tmp_path, "root", guest.raw)}
-    first = make_launcher(s, volumes)
-    first.start()
-    wait_console(first, "PYCDI-GUEST-WAITING")
-    first.wait_for(lambda st: st["phase"] == "Running", timeout=10)
+    s, volumes, first = _running_guest(guest, make_launcher, tmp_path)
     first.close()  # the controller went away; the guest keeps running
     try:
         second = Launcher(first.identity, s, volumes, run_dir=first.run_dir)
@@ -227,6 +219,20 @@ def test_a_new_launcher_adopts_a_running_guest(guest: Guest, make_launcher: Any,
         second.delete(grace=0, keep_run_dir=True)
 
 
+def _running_guest(guest: Guest, make_launcher: Any, tmp_path: Path) -> tuple[dict[str, Any], dict[str, Any], Any]:
+    """(spec, volumes, launcher) of a guest that boots and waits."""
+    s = spec(
+        [("rootdisk", {"bus": "virtio"}), ("cloudinit", {"bus": "virtio"})],
+        [{"name": "rootdisk", "dataVolume": {"name": "vm-root"}}, cloud_init(action="wait")],
+    )
+    volumes = {"rootdisk": fs_volume(tmp_path, "root", guest.raw)}
+    launcher = make_launcher(s, volumes)
+    launcher.start()
+    wait_console(launcher, "PYCDI-GUEST-WAITING")
+    launcher.wait_for(lambda st: st["phase"] == "Running", timeout=10)
+    return s, volumes, launcher
+
+
 def _destroy_domain(name: str) -> None:
     for action in ("destroy", "undefine"):
         subprocess.run(["virsh", "-c", "qemu:///system", action, name], capture_output=True, timeout=30)
@@ -237,14 +243,7 @@ def test_the_stopped_domain_of_an_earlier_vmi_is_not_adopted(guest: Guest, make_
     from vm_runtime.domain import Identity
     from vm_runtime.lifecycle import Launcher
 
-    s = spec(
-        [("rootdisk", {"bus": "virtio"}), ("cloudinit", {"bus": "virtio"})],
-        [{"name": "rootdisk", "dataVolume": {"name": "vm-root"}}, cloud_init(action="wait")],
-    )
-    volumes = {"rootdisk": fs_volume(tmp_path, "root", guest.raw)}
-    first = make_launcher(s, volumes)
-    first.start()
-    first.wait_for(lambda st: st["phase"] == "Running", timeout=30)
+    s, volumes, first = _running_guest(guest, make_launcher, tmp_path)
     first.stop(grace=0)  # the domain stays defined, shut off
     first.close()
     ident = Identity(first.identity.namespace, first.identity.name, str(uuid.uuid4()))
