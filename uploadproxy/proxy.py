@@ -546,25 +546,25 @@ class _BodyPump(asyncio.BufferedProtocol):
                 self.waiting = True
                 self.tasks.add(asyncio.ensure_future(self._wait_drain()))
 
-    async def _wait_drain(self) -> None:
+    async def _drained(self) -> bool:
+        """Wait until the upload server took what is buffered; False (and done fails) if it went away."""
         try:
             await self.sw.drain()
         except (ConnectionError, OSError) as e:
             if not self.done.done():
                 self.done.set_exception(_ServerGone(str(e) or type(e).__name__))
+            return False
+        return True
+
+    async def _wait_drain(self) -> None:
+        if not await self._drained():
             return
         self.waiting = False
         if not self.done.done() and not self.client.is_closing():
             self.client.resume_reading()
 
     async def _finish(self) -> None:
-        try:
-            await self.sw.drain()
-        except (ConnectionError, OSError) as e:
-            if not self.done.done():
-                self.done.set_exception(_ServerGone(str(e) or type(e).__name__))
-            return
-        if not self.done.done():
+        if await self._drained() and not self.done.done():
             self.done.set_result(None)
 
     def eof_received(self) -> bool:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -31,7 +30,7 @@ import time
 from typing import Any
 
 from bench.images import disk_layout, write_raw
-from bench.measure import TreeSampler
+from bench.measure import TreeSampler, sha256_prefix
 from bench.serve import free_port
 
 MiB = 1 << 20
@@ -65,19 +64,6 @@ http {{
 
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def sha256_prefix(path: str, n: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        left = n
-        while left:
-            b = f.read(min(8 * MiB, left))
-            if not b:
-                break
-            h.update(b)
-            left -= len(b)
-    return h.hexdigest()
 
 
 def drop_caches() -> None:
@@ -140,35 +126,29 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_curl(nginx: Nginx, image: str, ca: str) -> float:
-    dest = os.path.join(nginx.root, "upload.img")
+def _timed(argv: list[str], dest: str) -> float:
+    """Seconds for ``argv`` to write ``dest`` and for ``dest`` to be synced (then it is removed)."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(dest)
     t0 = time.monotonic()
-    subprocess.run(
-        ["curl", "-sS", "--fail", "--cacert", ca, "-T", image, f"https://127.0.0.1:{nginx.port}/upload.img"],
-        check=True,
-    )
+    subprocess.run(argv, check=True)
     fd = os.open(dest, os.O_RDONLY)
     os.fsync(fd)
     os.close(fd)
     t = time.monotonic() - t0
     os.unlink(dest)
     return t
+
+
+def run_curl(nginx: Nginx, image: str, ca: str) -> float:
+    dest = os.path.join(nginx.root, "upload.img")
+    return _timed(["curl", "-sS", "--fail", "--cacert", ca, "-T", image, f"https://127.0.0.1:{nginx.port}/upload.img"],
+                  dest)
 
 
 def run_qemu(image: str, fmt: str, workdir: str) -> float:
     dest = os.path.join(workdir, "qemu-out.img")
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(dest)
-    t0 = time.monotonic()
-    subprocess.run(["qemu-img", "convert", "-f", fmt, "-O", "raw", image, dest], check=True)
-    fd = os.open(dest, os.O_RDONLY)
-    os.fsync(fd)
-    os.close(fd)
-    t = time.monotonic() - t0
-    os.unlink(dest)
-    return t
+    return _timed(["qemu-img", "convert", "-f", fmt, "-O", "raw", image, dest], dest)
 
 
 # --- ours ------------------------------------------------------------------------------------
@@ -262,13 +242,12 @@ class Ours:
         url = f"https://127.0.0.1:{self.port}/v1beta1/upload"
         proxy_cpu0 = sum(_cpu_seconds(p) for p in self._pid(os.path.join(self.data_dir, "upload", "proxy.pid")))
         t0 = time.monotonic()
-        curl = subprocess.run(["curl", "-sS", "--fail", "--cacert", self.ca, "-H", f"Authorization: Bearer {token}",
-                               "-T", image, url], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(["curl", "-sS", "--fail", "--cacert", self.ca, "-H", f"Authorization: Bearer {token}",
+                        "-T", image, url], check=True, stdout=subprocess.DEVNULL)
         t = time.monotonic() - t0
         proxy.stop()
         server.stop()
         cpu = {"proxy": proxy.cpu_user + proxy.cpu_sys - proxy_cpu0, "server": server.cpu_user + server.cpu_sys}
-        del curl
         log(f"       cpu: proxy {cpu['proxy']:.2f} s, upload server {cpu['server']:.2f} s; "
             f"peak rss: proxy {proxy.peak_tree_rss / MiB:.1f} MiB, upload server {server.peak_tree_rss / MiB:.1f} MiB")
         disk = store.must_get("PersistentVolumeClaim", "default", name)["metadata"]["annotations"][

@@ -285,15 +285,7 @@ class _Machine:
         """``length`` bytes of the source at ``offset`` (a Range request; fewer at the end)."""
         st = self.job.source.open(offset)
         try:
-            buf = bytearray(length)
-            view = memoryview(buf)
-            got = 0
-            while got < length:
-                n = st.readinto(view[got:])
-                if n == 0:
-                    break
-                got += n
-            return bytes(view[:got])
+            return streams.read_full(st, length)
         finally:
             st.close()
 
@@ -429,15 +421,7 @@ class _Machine:
         except CDIError:
             return False
         try:
-            buf = bytearray(512)
-            view = memoryview(buf)
-            got = 0
-            while got < 512:
-                n = st.readinto(view[got:])
-                if n == 0:
-                    break
-                got += n
-            return formats.is_vhd_footer(bytes(buf[:got]))
+            return formats.is_vhd_footer(streams.read_full(st, 512))
         except CDIError:
             return False
         finally:

@@ -356,7 +356,8 @@ class Decoder:
         """Queue a compressed cluster; the oldest finished ones are written (bounded in flight)."""
         if self._pool is None:
             self._pool = concurrent.futures.ThreadPoolExecutor(INFLATE_THREADS, thread_name_prefix="qcow2-inflate")
-        self._inflating.append((self._pool.submit(self._decompress, bytes(data), guest), guest))
+        # ``data`` is the finished need's own buffer: nothing else touches it, so no copy
+        self._inflating.append((self._pool.submit(self._decompress, data, guest), guest))
         while len(self._inflating) > INFLATE_INFLIGHT or (self._inflating and self._inflating[0][0].done()):
             self._write_inflated()
 
@@ -365,7 +366,7 @@ class Decoder:
         out = future.result()
         self._write(guest, memoryview(out)[: min(self.h.cluster_size, self.h.size - guest)])
 
-    def _decompress(self, data: bytes, guest: int) -> bytes:
+    def _decompress(self, data: bytearray, guest: int) -> bytes:
         cs = self.h.cluster_size
         try:
             if self._zstd is not None:

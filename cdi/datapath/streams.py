@@ -52,6 +52,19 @@ def parse_checksum(spec: str) -> tuple[str, str]:
     return algo, digest
 
 
+def read_full(stream: Stream, size: int) -> bytes:
+    """``size`` bytes of ``stream`` (fewer only at its end)."""
+    buf = bytearray(size)
+    view = memoryview(buf)
+    got = 0
+    while got < size:
+        n = stream.readinto(view[got:])
+        if n == 0:
+            break
+        got += n
+    return bytes(view[:got])
+
+
 class Metered:
     """Counts (and optionally hashes) the bytes as served; calls ``on_bytes(total)`` per read."""
 
@@ -83,15 +96,7 @@ class Peek:
 
     def __init__(self, inner: Stream, size: int = formats.HEAD_SIZE) -> None:
         self.inner = inner
-        head = bytearray(size)
-        view = memoryview(head)
-        got = 0
-        while got < size:
-            n = inner.readinto(view[got:])
-            if n == 0:
-                break
-            got += n
-        self.head = bytes(view[:got])
+        self.head = read_full(inner, size)
         self._pos = 0
 
     def readinto(self, buf: memoryview) -> int:
