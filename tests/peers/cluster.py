@@ -33,6 +33,7 @@ class Cluster:
 
     def wait_phase(self, name: str, phases: tuple[str, ...] = ("Succeeded", "Failed"), timeout: float = 60) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
+        obj = None
         while time.monotonic() < deadline:
             obj = self.store.get("DataVolume", "default", name)
             if obj is not None and (obj.get("status") or {}).get("phase") in phases:

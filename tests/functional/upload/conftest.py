@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 
 from cdi.api.validation import admit
-from cdi.backends.embedded.config import open_store
 from cdi.cli import image_upload
 from cdi.cli.context import Context
 from cdi.controller import daemon
 from cdi.controller import upload as upload_ctl
+from tests.peers.cluster import Cluster
 
 MiB = 1 << 20
 
@@ -33,11 +33,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class Env:
+class Env(Cluster):
     def __init__(self, data_dir: str, port: int) -> None:
-        self.data_dir = data_dir
+        super().__init__(data_dir)
         self.port = port
-        self.store = open_store(data_dir)
         self.url = f"https://127.0.0.1:{port}"
         self.ca = os.path.join(data_dir, "upload", "tls", "ca.pem")
 
@@ -63,23 +62,6 @@ class Env:
             dv["spec"]["contentType"] = content_type
         self.store.create(admit(dv))
         daemon.ensure_running(self.data_dir)
-
-    def dv(self, name: str) -> dict[str, Any]:
-        return self.store.must_get("DataVolume", "default", name)
-
-    def pvc(self, name: str) -> dict[str, Any]:
-        return self.store.must_get("PersistentVolumeClaim", "default", name)
-
-    def wait_phase(self, name: str, phases: tuple[str, ...], timeout: float = 60) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        obj = None
-        while time.monotonic() < deadline:
-            obj = self.store.get("DataVolume", "default", name)
-            if obj is not None and (obj.get("status") or {}).get("phase") in phases:
-                return obj
-            time.sleep(0.05)
-        raise AssertionError(f"DataVolume {name} not in {phases} after {timeout}s: {obj.get('status') if obj else None}\n"
-                             + Path(self.data_dir, "controller.log").read_text()[-3000:])
 
     def wait_ready(self, name: str) -> dict[str, Any]:
         dv = self.wait_phase(name, ("UploadReady", "Failed", "Succeeded"))

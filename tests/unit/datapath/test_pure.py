@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import pathlib
 import struct
@@ -16,6 +15,7 @@ from cdi.common.units import MiB
 from cdi.datapath import archive, formats, qemu_img, streams
 from cdi.datapath.processor import TooSmallError, required_capacity, usable_size
 from cdi.datapath.progress import ProgressReporter
+from tests.unit.datapath.helpers import BytesStream as _Bytes
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -153,17 +153,6 @@ def test_tar_member_refusals(member: tarfile.TarInfo, why: str) -> None:
 def test_tar_member_allowed() -> None:
     for m in (_member("a/b"), _member("d/l", tarfile.SYMTYPE, "../b"), _member("h", tarfile.LNKTYPE, "a/b")):
         archive.check_member(m)
-
-
-class _Bytes:
-    def __init__(self, data: bytes) -> None:
-        self.f = io.BytesIO(data)
-
-    def readinto(self, buf: memoryview) -> int:
-        return self.f.readinto(buf)
-
-    def close(self) -> None:
-        pass
 
 
 def test_peek_replays_head() -> None:

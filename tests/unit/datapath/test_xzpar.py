@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import lzma
 import os
 import shutil
@@ -12,19 +11,9 @@ import pytest
 
 from cdi.common.errors import PermanentError
 from cdi.datapath import streams, xzpar
+from tests.unit.datapath.helpers import BytesStream as _Bytes
 
 pytestmark = pytest.mark.timeout(60)
-
-
-class _Bytes:
-    def __init__(self, data: bytes) -> None:
-        self.f = io.BytesIO(data)
-
-    def readinto(self, buf: memoryview) -> int:
-        return self.f.readinto(buf)
-
-    def close(self) -> None:
-        pass
 
 
 def _read_at(data: bytes):  # type: ignore[no-untyped-def]
