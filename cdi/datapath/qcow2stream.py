@@ -148,7 +148,6 @@ class Spool:
         self.path = ""
         self._fd = -1
         self._ranges: list[list[int]] = []  # sorted, merged [start, end)
-        self.stored = 0
 
     def put(self, offset: int, view: memoryview) -> None:
         if not len(view):
@@ -160,7 +159,6 @@ class Spool:
         done = 0
         while done < len(view):
             done += os.pwrite(self._fd, view[done:], offset + done)
-        self.stored += len(view)
         r = self._ranges
         if r and r[-1][1] == offset:  # the usual case: right after the last piece
             r[-1][1] = end
