@@ -126,6 +126,10 @@ class LocalWorkers:
         exit_code: int | None = None
         sig: int | None = None
         proc = self._procs.get(name)
+        if proc is not None and proc.returncode is None:
+            # it ended between _alive's poll and its /proc check (a zombie counts as ended): collect it
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=2)
         if proc is not None and proc.returncode is not None:
             if proc.returncode < 0:
                 sig = -proc.returncode
