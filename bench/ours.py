@@ -35,6 +35,7 @@ from bench.measure import (
     read_stat,
     run_pipeline,
 )
+from cdi.api.naming import worker_name as _worker_name
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NAMESPACE = "default"
@@ -222,7 +223,7 @@ class DataVolumeMode:
         }
 
     def _worker_dir(self, name: str) -> str:
-        return os.path.join(self.data_dir, "workers", f"importer-{NAMESPACE}-{name}")
+        return os.path.join(self.data_dir, "workers", _worker_name("importer", NAMESPACE, name))
 
     def run(
         self,

@@ -36,6 +36,7 @@ from collections.abc import Mapping
 from types import FrameType
 
 from cdi.api.contract import ENV_TERMINATION_LOG, ImportSettings, Outcome, Reason, WorkerResult
+from cdi.common import confinement
 from cdi.common.errors import CDIError, PermanentError
 from importers.redact import redacted_settings, scrub, settings_secrets
 from importers.sources import blank as blank_source
@@ -157,7 +158,11 @@ def main(env: Mapping[str, str] | None = None) -> int:
     previous = {s: signal.signal(s, _on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         try:
+            env = confinement.enter(env)  # before anything reads the source (see cdi.common.confinement)
+            termination_log = env.get(ENV_TERMINATION_LOG, "/dev/termination-log")
             settings = ImportSettings.from_env(env)
+        except CDIError as e:
+            result = _result_from_error(e)
         except ValueError as e:
             result = WorkerResult(
                 outcome=Outcome.PERMANENT,

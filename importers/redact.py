@@ -6,38 +6,14 @@ signatures in presigned URLs). Everything it prints goes through these helpers f
 
 from __future__ import annotations
 
-import re
 import urllib.parse
 from collections.abc import Iterable
 from typing import Any
 
 from cdi.api.contract import ImportSettings
+from cdi.api.redact import REDACTED, redact_url
 
-REDACTED = "<redacted>"
-
-# Query parameters that carry a credential in presigned URLs (S3 X-Amz-Signature, Azure sig,
-# GCS X-Goog-Signature, generic token/key/password).
-_SECRET_QUERY = re.compile(r"(signature|sig|token|key|credential|password|secret|auth)", re.IGNORECASE)
-
-
-def redact_url(url: str) -> str:
-    """The URL without userinfo and without the values of credential-like query parameters."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError:
-        return REDACTED
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = REDACTED + "@" + netloc.rsplit("@", 1)[1]
-    query = parts.query
-    if query:
-        pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
-        query = "&".join(
-            f"{urllib.parse.quote(k)}={REDACTED if _SECRET_QUERY.search(k) else urllib.parse.quote(v)}"
-            for k, v in pairs
-        )
-    return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
+__all__ = ["REDACTED", "redact_url", "redacted_settings", "scrub", "settings_secrets"]
 
 def scrub(text: str, secrets: Iterable[str]) -> str:
     """``text`` with every occurrence of every (non-trivial) secret replaced."""

@@ -42,6 +42,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from cdi.api import upload as api
+from cdi.api.naming import worker_run_dir
 from uploadproxy.tokens import KeyRing, TokenError, bearer
 
 log = logging.getLogger("uploadproxy.proxy")
@@ -167,10 +168,10 @@ class Proxy:
                              {"Retry-After": "2"})
         addr = a[api.UPLOAD_SERVER]
         secret = b""
-        if addr.startswith("unix:"):
-            with contextlib.suppress(OSError), open(
-                    os.path.join(os.path.dirname(addr[5:]), api.AUTH_FILE), "rb") as f:
-                secret = f.read().strip()
+        with contextlib.suppress(OSError), open(
+                os.path.join(worker_run_dir(self.data_dir, api.worker_name(ns, name)),
+                             api.AUTH_FILE), "rb") as f:
+            secret = f.read().strip()
         return ("unix" if addr.startswith("unix:") else "tcp", addr, secret)
 
     async def connect_target(self, ns: str, name: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:

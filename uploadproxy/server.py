@@ -53,6 +53,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from cdi.api import upload as api
 from cdi.api.contract import ENV_TERMINATION_LOG, ImportSettings, Outcome, Reason, WorkerResult
+from cdi.common import confinement
 from cdi.common.errors import CDIError, PermanentError, TemporaryError
 from cdi.datapath.source import NbdkitPlan, SourceInfo
 from uploadproxy import httputil
@@ -667,6 +668,8 @@ def main(env: Mapping[str, str] | None = None) -> int:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     server: UploadServer | None = None
     try:
+        env = confinement.enter(env)  # before anything reads the upload (see cdi.common.confinement)
+        termination_log = env.get(ENV_TERMINATION_LOG, "/dev/termination-log")
         settings = ImportSettings.from_env(env)
         termination_log = settings.termination_log
         server = UploadServer(settings, env)

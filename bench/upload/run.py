@@ -32,6 +32,7 @@ from typing import Any
 from bench.images import disk_layout, write_raw
 from bench.measure import TreeSampler, sha256_prefix
 from bench.serve import free_port
+from cdi.api.upload import worker_name
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -186,7 +187,7 @@ class Ours:
         name = f"bench-{self.n}"
         proxy = TreeSampler(lambda: self._pid(os.path.join(self.data_dir, "upload", "proxy.pid"))).start()
         server = TreeSampler(
-            lambda: self._pid(os.path.join(self.data_dir, "workers", f"upload-default-{name}", "pid"))
+            lambda: self._pid(os.path.join(self.data_dir, "workers", worker_name("default", name), "pid"))
         ).start()
         env = dict(os.environ, CDI_DATA_DIR=self.data_dir, PYTHONPATH=ROOT)
         t0 = time.monotonic()
@@ -237,8 +238,7 @@ class Ours:
             time.sleep(0.05)
         token = issue_token(self.data_dir, "default", name)
         proxy = TreeSampler(lambda: self._pid(os.path.join(self.data_dir, "upload", "proxy.pid"))).start()
-        server = TreeSampler(lambda: self._pid(os.path.join(self.data_dir, "workers", f"upload-default-{name}",
-                                                            "pid"))).start()
+        server = TreeSampler(lambda: self._pid(os.path.join(self.data_dir, "workers", worker_name("default", name), "pid"))).start()
         url = f"https://127.0.0.1:{self.port}/v1beta1/upload"
         proxy_cpu0 = sum(_cpu_seconds(p) for p in self._pid(os.path.join(self.data_dir, "upload", "proxy.pid")))
         t0 = time.monotonic()

@@ -16,6 +16,7 @@ import contextlib
 import enum
 import json
 import os
+import stat
 import tempfile
 import time
 from collections.abc import Mapping
@@ -268,7 +269,19 @@ class WorkerResult:
             raise ValueError(f"termination message has no supported version: {text[:200]!r}")
         known = {f.name for f in fields(cls)}
         d = {k: v for k, v in d.items() if k in known}
-        d["outcome"] = Outcome(d["outcome"])
+        try:
+            d["outcome"] = Outcome(d["outcome"])
+            for key in ("reason", "message", "scratch_reason"):
+                _typed(d, key, str, "")
+            for key in ("bytes_transferred", "bytes_written", "resumes"):
+                _typed(d, key, int, 0)
+            for key in ("virtual_size", "usable_size", "required_capacity"):
+                _typed(d, key, (int, type(None)), None)
+            for key in ("preallocation_applied", "scratch_used"):
+                _typed(d, key, bool, False)
+            _typed(d, "details", dict, {})
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"termination message is malformed: {e}") from None
         return cls(**d)
 
     def write(self, path: str) -> None:
@@ -302,13 +315,64 @@ class Progress:
 
     @classmethod
     def read(cls, path: str) -> Progress | None:
-        try:
-            with open(path) as f:
-                d = json.load(f)
-        except (OSError, ValueError):
+        d = read_worker_json(path)
+        if d is None:
             return None
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        try:
+            return cls(
+                bytes_done=_typed(d, "bytes_done", int, 0), bytes_total=_typed(d, "bytes_total", int, 0),
+                stage=_typed(d, "stage", str, "Transferring")[:64], resumes=_typed(d, "resumes", int, 0),
+                note=_typed(d, "note", str, "")[:1024], updated=float(_typed(d, "updated", (int, float), 0.0)),
+            )
+        except TypeError:
+            return None
+
+
+def _typed(d: dict[str, Any], key: str, kind: Any, default: Any) -> Any:
+    value = d.get(key, default)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise TypeError(f"{key} has the wrong type")
+    return value
+
+
+WORKER_FILE_LIMIT = 64 * 1024
+
+
+def read_worker_file(path: str, limit: int = WORKER_FILE_LIMIT) -> str | None:
+    """The text of a small file a worker wrote, or None (missing, not a regular file, too large).
+
+    A worker runs with less privilege than the controller and owns the directory these files are
+    in: it could leave a symlink, a FIFO or a huge file there. The controller reads them without
+    following links, without blocking and only up to ``limit`` bytes.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > limit:
+            return None
+        data = os.read(fd, limit + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        return None
+    return data.decode("utf-8", "replace")
+
+
+def read_worker_json(path: str, limit: int = WORKER_FILE_LIMIT) -> dict[str, Any] | None:
+    """``read_worker_file`` parsed as a JSON object, or None."""
+    text = read_worker_file(path, limit)
+    if text is None:
+        return None
+    try:
+        d = json.loads(text)
+    except ValueError:
+        return None
+    return d if isinstance(d, dict) else None
 
 
 def _atomic_write(path: str, text: str) -> None:

@@ -31,6 +31,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from cdi.api import naming
+
 GROUP = "upload.cdi.kubevirt.io"
 VERSION = "v1beta1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -76,7 +78,7 @@ ENV_DEADLINE = "UPLOAD_DEADLINE"  # unix time after which an idle server exits (
 
 STATE_FILE = "upload-state.json"
 SOCKET_FILE = "upload.sock"
-AUTH_FILE = "proxy-auth"
+AUTH_FILE = "secrets/proxy-auth"  # in the worker's run dir; secrets/ is removed when the server ends
 
 # Server states (upload-state.json "state").
 ST_STARTING = "Starting"
@@ -201,6 +203,6 @@ def upload_dir(data_dir: str) -> str:
 
 
 def worker_name(namespace: str, name: str) -> str:
-    return f"upload-{namespace}-{name}"
+    return naming.worker_name("upload", namespace, name)
 
 UPLOAD_TARGET_KEY = "cdi.kubevirt.io/storage.upload.target"  # CDI's annotation marking upload targets

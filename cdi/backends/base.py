@@ -9,10 +9,12 @@ will implement them with the API server, PVCs and pods.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from cdi.api.contract import Progress, WorkerResult
+from cdi.common.confinement import Grant
 
 
 @dataclass(frozen=True)
@@ -72,11 +74,17 @@ class WorkerStatus:
 
 class WorkerRunner(Protocol):
     def workdir(self, name: str) -> str:
-        """A private directory (mode 0700) for the worker's files (certs, secret headers)."""
+        """The worker's private directory (mode 0700): its result, progress and state files."""
         ...
 
-    def start(self, name: str, entrypoint: str, env: dict[str, str]) -> None:
-        """Start worker ``name`` (``entrypoint`` is "importer" or "upload-server")."""
+    def secrets_dir(self, name: str) -> str:
+        """A fresh private directory for secret inputs (CA bundles, secret headers), removed as
+        soon as the worker has ended."""
+        ...
+
+    def start(self, name: str, entrypoint: str, env: dict[str, str], grants: Sequence[Grant] = ()) -> None:
+        """Start worker ``name`` (``entrypoint`` is "importer" or "upload-server"); ``grants`` are
+        the only paths of the machine it may use besides its workdir (its volume, its scratch)."""
         ...
 
     def status(self, name: str) -> WorkerStatus | None: ...

@@ -39,6 +39,7 @@ from typing import Any, BinaryIO, TextIO
 from urllib.parse import urlsplit
 
 from cdi.api import upload as api
+from cdi.api.naming import worker_run_dir
 from cdi.cli.context import CLIError, Context
 
 DV = "DataVolume"
@@ -612,10 +613,8 @@ class ImageUpload:
 
     def _state_file(self) -> str:
         """The upload server's ``upload-state.json`` (attempts, lastError with its attempt, pid)."""
-        pvc = self.ctx.store.get(PVC, self.ns, self.name)
-        ann = ((pvc or {}).get("metadata") or {}).get("annotations") or {}
-        wname = ann.get(api.UPLOAD_WORKER) or api.worker_name(self.ns, self.name)
-        return os.path.join(self.ctx.data_dir, "workers", wname, api.STATE_FILE)
+        wname = api.worker_name(self.ns, self.name)
+        return os.path.join(worker_run_dir(self.ctx.data_dir, wname), api.STATE_FILE)
 
     def _this_run(self, resp: Response) -> tuple[int, int]:
         """(attempt, pid) of the upload server run that took this upload's bytes: its failures are

@@ -2,7 +2,8 @@
 
 Level-based and idempotent: each call reads the DataVolume, its claim, its volume and its
 worker, computes the status on a copy and writes only what changed. Children have
-deterministic names (claim = DataVolume name, worker = ``importer-<namespace>-<name>``).
+deterministic names (claim = DataVolume name, worker = ``importer-<namespace>.<name>``, see
+``cdi.api.naming``).
 
 State machine of an import (``status.phase``)::
 
@@ -30,10 +31,14 @@ from typing import Any, Protocol
 
 from cdi.api import annotations as ann
 from cdi.api import conditions as cond
+from cdi.api import naming
 from cdi.api.contract import BLOCK, ImportSettings, Outcome, Reason
 from cdi.api.phases import TERMINAL_PHASES, DataVolumePhase
+from cdi.api.redact import redact_url
 from cdi.backends.base import VolumeInfo, VolumeProvisioner, WorkerRunner, WorkerStatus
 from cdi.backends.embedded.config import Config
+from cdi.common import confinement
+from cdi.common.confinement import Grant
 from cdi.common.errors import CDIError, ConflictError, NotFoundError, PermanentError
 from cdi.common.units import format_quantity
 from cdi.controller import secrets as secret_files
@@ -54,7 +59,7 @@ RESUMES = "cdi.kubevirt.io/storage.import.resumes"
 
 
 def worker_name(namespace: str, name: str) -> str:
-    return f"importer-{namespace}-{name}"
+    return naming.worker_name("importer", namespace, name)
 
 
 @dataclass
@@ -109,15 +114,27 @@ class DataVolumeController:
         except CDIError as e:
             # A problem the user must fix (or a transient one): shown on the Bound condition.
             requeue = 2.0
-            self._set_phase(dv, status, status.get("phase") or DataVolumePhase.PENDING)
-            status["conditions"] = cond.set_condition(
-                status.get("conditions", []), cond.BOUND, cond.FALSE, e.reason, e.message, now_iso()
-            )
-            status["conditions"] = cond.set_condition(
-                status["conditions"], cond.READY, cond.FALSE, "", "", now_iso()
-            )
+            self._show_error(dv, status, e.reason, e.message)
+        except Exception as e:
+            # A bug or a machine problem (a full disk, a path the OS refuses): the user sees it on
+            # the DataVolume; the manager logs it once and backs off.
+            self._show_error(dv, status, str(Reason.INTERNAL),
+                             f"internal error: {type(e).__name__}: {e}; see the controller log "
+                             f"({os.path.join(self.ctx.config.data_dir, 'controller.log')})")
+            self._write_status(dv, status)
+            raise
         self._write_status(dv, status)
         return requeue
+
+    def _show_error(self, dv: Obj, status: dict[str, Any], reason: str, message: str) -> None:
+        """Keep the phase (Pending if none yet) and show the error on the Bound condition."""
+        if not status.get("phase"):
+            self._set_phase(dv, status, DataVolumePhase.PENDING)
+        now = now_iso()
+        status["conditions"] = cond.set_condition(
+            status.get("conditions", []), cond.BOUND, cond.FALSE, reason, message, now
+        )
+        status["conditions"] = cond.set_condition(status["conditions"], cond.READY, cond.FALSE, "", "", now)
 
     # -- the import ------------------------------------------------------------------------
 
@@ -184,7 +201,7 @@ class DataVolumeController:
                 return 2.0
             if restarts > 0:
                 self.ctx.volumes.reset(vol.claim_uid)
-            workers.start(wname, "importer", env)
+            workers.start(wname, "importer", env, worker_grants(vol, scratch_dir(self.ctx.config.data_dir, wname)))
             self._set_phase(dv, status, DataVolumePhase.IMPORT_SCHEDULED)
             self._event(dv, "Normal", "ImportScheduled", f"Import into {name} scheduled")
             status["conditions"] = cond.set_condition(
@@ -328,7 +345,7 @@ class DataVolumeController:
         }
         source = (dv.get("spec") or {}).get("source") or {}
         if "http" in source:
-            body["metadata"]["annotations"][ann.IMPORT_ENDPOINT] = _redact_url(source["http"].get("url", ""))
+            body["metadata"]["annotations"][ann.IMPORT_ENDPOINT] = redact_url(source["http"].get("url", ""))
             body["metadata"]["annotations"][ann.IMPORT_SOURCE] = "http"
         elif "blank" in source:
             body["metadata"]["annotations"][ann.IMPORT_SOURCE] = "none"
@@ -367,8 +384,8 @@ class DataVolumeController:
         md, spec = dv["metadata"], dv.get("spec") or {}
         ns = md["namespace"]
         cfg = self.ctx.config
-        workdir = self.ctx.workers.workdir(wname)
         src = (spec.get("source") or {}).get(kind) or {}
+        secrets_dir = self.ctx.workers.secrets_dir(wname)
         access_key = secret_key = cert_dir = headers_dir = None
         if kind == "http":
             if src.get("secretRef"):
@@ -383,15 +400,14 @@ class DataVolumeController:
                 secret_key = values["secretKey"].decode()
             if src.get("certConfigMap"):
                 cert_dir = secret_files.write_configmap(
-                    self.ctx.store, ns, src["certConfigMap"], os.path.join(workdir, "certs"),
+                    self.ctx.store, ns, src["certConfigMap"], os.path.join(secrets_dir, "certs"),
                     "spec.source.http.certConfigMap",
                 )
             if src.get("secretExtraHeaders"):
                 headers_dir = secret_files.write_secret_headers(
-                    self.ctx.store, ns, src["secretExtraHeaders"], os.path.join(workdir, "headers"),
+                    self.ctx.store, ns, src["secretExtraHeaders"], os.path.join(secrets_dir, "headers"),
                 )
-        scratch = os.path.join(cfg.data_dir, "scratch", wname)
-        os.makedirs(scratch, mode=0o700, exist_ok=True)
+        scratch = scratch_dir(cfg.data_dir, wname)
         preallocation = spec.get("preallocation")
         settings = ImportSettings(
             source=kind,
@@ -550,17 +566,14 @@ def finalize_claim(store: Store, volumes: VolumeProvisioner, namespace: str, nam
     store.update(pvc, check_rv=False)
 
 
-def _redact_url(url: str) -> str:
-    """The URL without user:password@ (for annotations and messages)."""
-    from urllib.parse import urlsplit, urlunsplit
+def scratch_dir(data_dir: str, wname: str) -> str:
+    """The worker's scratch directory (created 0700)."""
+    path = os.path.join(data_dir, "scratch", wname)
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    return path
 
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<invalid URL>"
-    if parts.username or parts.password:
-        host = parts.hostname or ""
-        if parts.port:
-            host = f"{host}:{parts.port}"
-        parts = parts._replace(netloc=host)
-    return urlunsplit(parts)
+
+def worker_grants(vol: VolumeInfo, scratch: str) -> tuple[Grant, ...]:
+    """What a worker that fills ``vol`` may use of the machine: the volume and its scratch space."""
+    kind = confinement.DEVICE if vol.volume_mode == BLOCK else confinement.DIR
+    return (Grant("volume", vol.path, kind), Grant("scratch", scratch))

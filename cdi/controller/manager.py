@@ -3,6 +3,11 @@
 Level-based: every tick it reconciles the objects that changed since the last store revision
 it saw, the ones whose requeue time has come, and every DataVolume that is not finished (their
 workers change outside the store). Errors in one object never stop the loop.
+
+An object whose reconcile raises is backed off exponentially (``ERROR_BACKOFF`` doubling up to
+``ERROR_BACKOFF_MAX``), like controller-runtime's rate-limited work queue: it is looked at again
+when its time comes or when it changes in the store (a user's fix), and its traceback is logged
+once per distinct error, not every tick.
 """
 
 from __future__ import annotations
@@ -24,6 +29,21 @@ from cdi.store.sqlite import Store
 log = logging.getLogger(__name__)
 
 Reconcile = Callable[[str, str], "float | None"]
+Key = tuple[str, str, str]
+
+ERROR_BACKOFF = 1.0  # seconds after the first failure of an object
+ERROR_BACKOFF_MAX = 60.0
+
+
+class _Failing:
+    """How often an object's reconcile has failed in a row, and until when it rests."""
+
+    __slots__ = ("count", "error", "until")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.until = 0.0
+        self.error = ""
 
 
 class Manager:
@@ -35,7 +55,8 @@ class Manager:
             DV: self.datavolumes.reconcile,
             PVC: ClaimController(ctx).reconcile,
         }
-        self._due: dict[tuple[str, str, str], float] = {}
+        self._due: dict[Key, float] = {}
+        self._failing: dict[Key, _Failing] = {}
         self.on_shutdown: list[Callable[[], None]] = []
         self._rev = -1
         self.stopping = threading.Event()
@@ -58,25 +79,27 @@ class Manager:
         """Add a reconciler for another kind (the VM runtime registers VirtualMachine here)."""
         self.reconcilers[kind] = reconcile
 
-    def _keys(self) -> set[tuple[str, str, str]]:
+    def _keys(self) -> set[Key]:
         store = self.ctx.store
-        keys: set[tuple[str, str, str]] = set()
+        changed: set[Key] = set()
         rev = store.revision()
         if rev != self._rev:
             if self._rev < 0:
                 for kind in self.reconcilers:
                     for o in store.list(kind):
-                        keys.add((kind, o["metadata"]["namespace"], o["metadata"]["name"]))
+                        changed.add((kind, o["metadata"]["namespace"], o["metadata"]["name"]))
             else:
-                keys.update(k for k in store.changed_since(self._rev) if k[0] in self.reconcilers)
+                changed.update(k for k in store.changed_since(self._rev) if k[0] in self.reconcilers)
             self._rev = rev
         now = time.monotonic()
-        keys.update(k for k, t in self._due.items() if t <= now)
+        keys = {k for k, t in self._due.items() if t <= now}
         for o in store.list(DV):
             st = (o.get("status") or {}).get("phase")
             if st not in TERMINAL_PHASES or o["metadata"].get("deletionTimestamp"):
                 keys.add((DV, o["metadata"]["namespace"], o["metadata"]["name"]))
-        return keys
+        # a failing object rests until its backoff ends, unless it changed (reconcilers write the
+        # status of a failure only when it differs, so this is someone's fix, not our own echo)
+        return changed | {k for k in keys if k not in self._failing or self._failing[k].until <= now}
 
     def run_once(self) -> None:
         reap = getattr(self.ctx.workers, "reap", None)
@@ -84,17 +107,35 @@ class Manager:
             reap()
         # DataVolumes first: they create and delete claims the claim reconciler then sees.
         for kind, ns, name in sorted(self._keys(), key=lambda k: (k[0] != DV, k)):
-            self._due.pop((kind, ns, name), None)
+            key = (kind, ns, name)
+            self._due.pop(key, None)
             try:
                 after = self.reconcilers[kind](ns, name)
             except CDIError as e:
-                log.warning("%s %s/%s: %s", kind, ns, name, e)
-                after = 2.0
-            except Exception:
-                log.exception("%s %s/%s: reconcile failed", kind, ns, name)
-                after = 5.0
+                self._failed(key, str(e), None)
+                continue
+            except Exception as e:
+                self._failed(key, f"{type(e).__name__}: {e}", e)
+                continue
+            self._failing.pop(key, None)
             if after is not None:
-                self._due[(kind, ns, name)] = time.monotonic() + after
+                self._due[key] = time.monotonic() + after
+
+    def _failed(self, key: Key, error: str, exc: Exception | None) -> None:
+        """Back ``key`` off exponentially; log each distinct error once (a traceback for a bug)."""
+        f = self._failing.setdefault(key, _Failing())
+        f.count += 1
+        delay = min(ERROR_BACKOFF * 2 ** (f.count - 1), ERROR_BACKOFF_MAX)
+        f.until = time.monotonic() + delay
+        self._due[key] = f.until
+        kind, ns, name = key
+        if error != f.error:
+            f.error = error
+            if exc is None:
+                log.warning("%s %s/%s: %s (retrying in %.0fs)", kind, ns, name, error, delay)
+            else:
+                log.error("%s %s/%s: reconcile failed (retrying in %.0fs, then with backoff)", kind, ns, name,
+                          delay, exc_info=exc)
 
     def run(self) -> None:
         log.info("controller running (data dir %s)", self.ctx.config.data_dir)

@@ -25,7 +25,6 @@ Checksum (beyond CDI): ``spec.source.upload.checksum: sha256:<hex>`` (or the req
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import secrets
 import subprocess
@@ -37,13 +36,13 @@ from typing import Any
 from cdi.api import annotations as ann
 from cdi.api import conditions as cond
 from cdi.api import upload as api
-from cdi.api.contract import BLOCK, ImportSettings, Outcome, Reason
+from cdi.api.contract import BLOCK, ImportSettings, Outcome, Reason, read_worker_json
 from cdi.api.phases import DataVolumePhase
 from cdi.backends.base import VolumeInfo, WorkerStatus
 from cdi.common.errors import NotFoundError
 from cdi.common.locks import lock_held
 from cdi.common.units import human_bytes
-from cdi.controller.datavolume import PVC, DataVolumeController
+from cdi.controller.datavolume import PVC, DataVolumeController, scratch_dir, worker_grants
 from cdi.controller.storage import StorageRequest, resolve, too_small_message
 from cdi.store.sqlite import Obj, now_iso
 
@@ -70,12 +69,22 @@ class Observed:
 
 
 def _read_state(path: str) -> dict[str, Any]:
-    try:
-        with open(path) as f:
-            d = json.load(f)
-        return d if isinstance(d, dict) else {}
-    except (OSError, ValueError):
-        return {}
+    return read_worker_json(path) or {}
+
+
+def _server_address(listen: str, workdir: str) -> str:
+    """Where the proxy reaches the upload server that says it listens on ``listen``.
+
+    The server may see its directory elsewhere (confined workers see it under /tmp/cdi), and it
+    reads untrusted data: its word is taken only for the kind of address. A unix socket is the
+    one in its work directory; a TCP address must be on 127.0.0.1.
+    """
+    if listen.startswith("unix:"):
+        return f"unix:{os.path.join(workdir, api.SOCKET_FILE)}"
+    host, _, port = listen.rpartition(":")
+    if host == "127.0.0.1" and port.isdigit() and 0 < int(port) < 65536:
+        return listen
+    return ""
 
 
 def upload_config(data_dir: str, strict: bool = False) -> api.UploadConfig:
@@ -174,8 +183,8 @@ class UploadDriver:
                    checksum: str | None, preallocation: bool, wname: str) -> dict[str, str]:
         cfg = self.ctx.config
         workdir = self.ctx.workers.workdir(wname)
-        scratch = os.path.join(cfg.data_dir, "scratch", wname)
-        os.makedirs(scratch, mode=0o700, exist_ok=True)
+        self.ctx.workers.secrets_dir(wname)
+        scratch = scratch_dir(cfg.data_dir, wname)
         settings = ImportSettings(
             source="upload",
             content_type=content_type or "kubevirt",
@@ -227,7 +236,7 @@ class UploadDriver:
                 self.ctx.volumes.reset(vol.claim_uid)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(env[api.ENV_STATE_FILE])
-            workers.start(wname, "upload-server", env)
+            workers.start(wname, "upload-server", env, worker_grants(vol, scratch_dir(self.ctx.config.data_dir, wname)))
             self._event(event_obj, "Normal", "UploadScheduled", f"Upload into {name} scheduled")
             self._claim(pvc, {ann.POD_PHASE: "Pending", api.POD_READY: "false", api.UPLOAD_WORKER: wname,
                               api.UPLOAD_SERVER: ""})
@@ -238,7 +247,8 @@ class UploadDriver:
             state = st.get("state") or api.ST_STARTING
             obs = Observed("Scheduled" if state == api.ST_STARTING else "Ready", state=state,
                            received=int(st.get("received") or 0), total=st.get("total"),
-                           address=str(st.get("listen") or ""), last_error=st.get("lastError"))
+                           address=_server_address(str(st.get("listen") or ""), workers.workdir(wname)),
+                           last_error=st.get("lastError"))
             if obs.phase == "Ready":
                 if pann.get(api.POD_READY) != "true" or pann.get(api.UPLOAD_SERVER) != obs.address:
                     self._event(event_obj, "Normal", "UploadReady", f"Upload into {name} ready")

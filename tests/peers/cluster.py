@@ -10,6 +10,7 @@ from typing import Any
 from cdi.api.validation import admit
 from cdi.backends.embedded.config import open_store
 from cdi.controller import daemon
+from cdi.controller.datavolume import worker_name
 
 MiB = 1 << 20
 
@@ -47,7 +48,7 @@ class Cluster:
 
     def worker_pid(self, name: str) -> int | None:
         try:
-            with open(os.path.join(self.data_dir, "workers", f"importer-default-{name}", "pid")) as f:
+            with open(os.path.join(self.data_dir, "workers", worker_name("default", name), "pid")) as f:
                 return int(f.read().split()[0])
         except (OSError, ValueError):
             return None

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from cdi.api import upload as upload_api
 from cdi.api.validation import admit
 from cdi.cli import image_upload
 from cdi.cli.context import Context
@@ -84,7 +85,7 @@ class Env(Cluster):
     def upload_state(self, name: str) -> dict[str, Any]:
         import json
 
-        p = os.path.join(self.data_dir, "workers", f"upload-default-{name}", "upload-state.json")
+        p = os.path.join(self.data_dir, "workers", upload_api.worker_name("default", name), "run", "upload-state.json")
         with open(p) as f:
             return dict(json.load(f))
 

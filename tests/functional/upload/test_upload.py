@@ -335,7 +335,7 @@ def test_killed_upload_server_is_restarted(env: Env, tmp_path):
 
     env.create_dv("kill")
     env.wait_ready("kill")
-    pid = int(Path(env.data_dir, "workers", "upload-default-kill", "pid").read_text().split()[0])
+    pid = int(Path(env.data_dir, "workers", api.worker_name("default", "kill"), "pid").read_text().split()[0])
     os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from cdi.api.upload import worker_name
 from cdi.backends.embedded.config import Config
 from cdi.cli.image_upload import Progress, issue_token
 from cdi.common.errors import PermanentError
@@ -86,7 +87,7 @@ def _upload_dv(store: Store, data_dir: str, name: str, state: dict[str, Any]) ->
                       "embedded.cdi.kubevirt.io/disk-path": f"/vol/{name}/disk.img",
                       "embedded.cdi.kubevirt.io/volume-path": f"/vol/{name}"}},
                   "spec": {"resources": {"requests": {"storage": "1Gi"}}}})
-    workdir = os.path.join(data_dir, "workers", f"upload-default-{name}")
+    workdir = os.path.join(data_dir, "workers", worker_name("default", name), "run")
     os.makedirs(workdir)
     with open(os.path.join(workdir, "upload-state.json"), "w") as f:
         json.dump(state, f)
