@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from cdi.api import annotations as ann
 from cdi.cli.printers import access_modes, age, bytes_progress, cell, dig, quantity
@@ -245,8 +245,7 @@ def event_columns(wide: bool) -> list[Column]:
 
 def _list_events(store: Store, namespace: str | None) -> list[Obj]:
     out = []
-    # cast: Store's annotations say list[...] inside a class that has a method named list
-    for raw in cast("list[Obj]", store.events(namespace=namespace)):
+    for raw in store.events(namespace=namespace):
         ev = dict(raw)
         inv = ev.get("involvedObject") or {}
         ev.setdefault("apiVersion", "v1")
