@@ -10,11 +10,22 @@ upload server is ready (PVC annotations written by the controller: ``storage.upl
 through: one bounded buffer per direction, ``drain()`` after every write, so a slow volume
 back-pressures the client over TCP and the proxy's memory does not grow with the image.
 
-Status codes: 400 malformed/missing Authorization or wrong token operation; 401 bad, expired,
-unsigned token; 404 unknown path, or no DataVolume or PVC of the token's name; 409 volume already uploaded; 503 upload server not ready in
-time (with ``Retry-After``); 502 the upload server went away mid-request; the upload server's
-own answers (200, 400 too small / checksum / invalid image, 416 wrong resume offset, 503 busy)
-are passed through. ``X-Cdi-Reason`` names the reason on every error.
+Requests are read strictly (``uploadproxy.httputil``, the same rules as the upload server):
+one framing only (``Transfer-Encoding: chunked`` or one ``Content-Length``), header limits of
+8 KiB a line, 100 fields, 64 KiB in all, a head complete within 30 s of its first byte and an
+idle connection closed after 60 s. A chunked body is parsed here and forwarded re-framed; one
+that is malformed or empty never reaches its end at the upload server (the proxy cuts that
+connection), so no upload run can complete on it.
+
+Status codes: 400 malformed/missing Authorization, wrong token operation, malformed framing
+(``BadRequest``) or an upload with no image bytes (``EmptyUpload``, before a run starts); 401
+bad, expired, unsigned token; 404 unknown path, or no DataVolume or PVC of the token's name; 408
+head too slow; 409 volume already uploaded; 411 no body framing; 414 request line too long; 431
+header fields too large (``HeaderTooLarge``; chunked trailers too); 501 a transfer coding other
+than chunked; 503 upload server not ready in time (with ``Retry-After``); 502 the upload server
+went away mid-request; the upload server's own answers (200, 400 too small / checksum / invalid
+image, 416 wrong resume offset, 503 busy) are passed through. ``X-Cdi-Reason`` names the reason
+on every error; every error closes the connection (after draining what the client still sends).
 
 Embedded mode: one proxy per data dir, flock ``<data dir>/upload/proxy.lock``, pid in
 ``proxy.pid``, URL and CA in ``proxy.json``. Started by the controller (``cdi.controller.upload``)
@@ -43,6 +54,7 @@ import yaml
 
 from cdi.api import upload as api
 from cdi.api.naming import worker_run_dir
+from uploadproxy import httputil
 from uploadproxy.tokens import KeyRing, TokenError, bearer
 
 log = logging.getLogger("uploadproxy.proxy")
@@ -66,9 +78,11 @@ class HTTPError(Exception):
 
 
 REASONS = {200: "OK", 100: "Continue", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
-           405: "Method Not Allowed", 409: "Conflict", 411: "Length Required", 413: "Payload Too Large",
-           416: "Range Not Satisfiable", 500: "Internal Server Error", 502: "Bad Gateway",
-           503: "Service Unavailable", 504: "Gateway Timeout"}
+           405: "Method Not Allowed", 408: "Request Timeout", 409: "Conflict", 411: "Length Required",
+           413: "Payload Too Large", 414: "URI Too Long", 416: "Range Not Satisfiable",
+           431: "Request Header Fields Too Large", 500: "Internal Server Error", 501: "Not Implemented",
+           502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
+           505: "HTTP Version Not Supported"}
 
 
 @dataclass
@@ -78,24 +92,62 @@ class Request:
     version: str
     headers: dict[str, str]  # lower-cased names
     raw_headers: list[tuple[str, str]] = field(default_factory=list)
+    framing: httputil.Framing = field(default_factory=httputil.Framing)
 
     @property
     def path(self) -> str:
         return urlsplit(self.target).path
 
 
-async def read_head(reader: asyncio.StreamReader) -> bytes | None:
+async def read_request(reader: asyncio.StreamReader) -> Request | None:
+    """The next request's head, within ``httputil``'s limits and framing rules. None when the
+    client closed the connection, or left it idle for ``IDLE_TIMEOUT``, between requests; a
+    head that started must be complete within ``HEAD_TIMEOUT`` (408: a client trickling its
+    head does not hold a connection for long)."""
     try:
-        return await reader.readuntil(b"\r\n\r\n")
-    except asyncio.IncompleteReadError as e:
-        if not e.partial:
-            return None
-        raise HTTPError(400, "BadRequest", "incomplete request head") from None
+        first = await asyncio.wait_for(reader.readexactly(1), httputil.IDLE_TIMEOUT)
+    except (asyncio.IncompleteReadError, TimeoutError):
+        return None
+    try:
+        return await asyncio.wait_for(_read_head(reader, first), httputil.HEAD_TIMEOUT)
+    except TimeoutError:
+        raise HTTPError(408, "RequestTimeout", f"the request head did not arrive within "
+                        f"{httputil.HEAD_TIMEOUT:.0f}s; send it at once") from None
+    except asyncio.IncompleteReadError:
+        raise HTTPError(400, "BadRequest", "the connection closed in the middle of the request head") from None
+    except httputil.RequestError as e:
+        raise HTTPError(e.status, e.reason, e.message) from None
+
+
+async def _read_line(reader: asyncio.StreamReader, too_long: httputil.RequestError) -> bytes:
+    """One line with its end; longer than the reader's buffer limit (1 MiB) -> ``too_long``
+    (shorter lines are measured against the limits by the caller)."""
+    try:
+        return await reader.readuntil(b"\n")
     except asyncio.LimitOverrunError:
-        raise HTTPError(400, "BadRequest", "request head too large") from None
+        raise too_long from None
+
+
+async def _read_head(reader: asyncio.StreamReader, first: bytes) -> Request:
+    long_line = httputil.RequestError(f"the request line is longer than {httputil.MAX_LINE} bytes; shorten the URL",
+                                      status=414, reason="RequestLineTooLong")
+    line = first if first == b"\n" else first + await _read_line(reader, long_line)
+    for _ in range(4):  # empty lines before a request line are allowed (RFC 9112 section 2.2)
+        if line not in (b"\r\n", b"\n"):
+            break
+        line = await _read_line(reader, long_line)
+    method, target, version = httputil.parse_request_line(line)
+    section = httputil.FieldSection("header")
+    long_field = httputil.HeaderTooLarge(f"a header line is longer than {httputil.MAX_LINE} bytes")
+    fields = []
+    while (f := section.add(await _read_line(reader, long_field))) is not None:
+        fields.append(f)
+    framing = httputil.body_framing(fields, version)
+    return Request(method.upper(), target, version, {k.lower(): v for k, v in fields}, fields, framing)
 
 
 def parse_head(head: bytes) -> tuple[str, list[tuple[str, str]]]:
+    """The upload server's response head (the server is ours; its answers are not client input)."""
     lines = head.decode("latin-1").split("\r\n")
     first = lines[0]
     raw = []
@@ -215,6 +267,9 @@ class Proxy:
                     with contextlib.suppress(Exception):
                         writer.write(response_bytes(e.status, e.message, e.reason, e.headers, close=True))
                         await writer.drain()
+                    # The client may still be sending (a long head, a body): read a little so
+                    # that closing does not reset the connection before it reads the answer.
+                    await _linger(reader, writer)
                     keep = False
                 if not keep:
                     break
@@ -247,14 +302,9 @@ class Proxy:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
-        head = await read_head(reader)
-        if head is None:
+        req = await read_request(reader)
+        if req is None:
             return False
-        first, raw = parse_head(head)
-        parts = first.split(" ")
-        if len(parts) != 3:
-            raise HTTPError(400, "BadRequest", "malformed request line")
-        req = Request(parts[0].upper(), parts[1], parts[2], {k.lower(): v for k, v in raw}, raw)
         path = req.path
         wants_close = req.headers.get("connection", "").lower() == "close" or req.version == "HTTP/1.0"
         if req.method == "OPTIONS":
@@ -262,11 +312,11 @@ class Proxy:
                 "Access-Control-Allow-Methods": "GET, HEAD, POST, PUT, OPTIONS",
                 "Access-Control-Allow-Headers": "Authorization, Content-Type, Content-Range, X-Checksum"}))
             await writer.drain()
-            return not wants_close and not self._has_body(req)
+            return not wants_close and not req.framing.has_body
         if path == api.HEALTH_PATH and req.method in ("GET", "HEAD"):
             writer.write(response_bytes(200, "OK", head_only=req.method == "HEAD"))
             await writer.drain()
-            return not wants_close and not self._has_body(req)
+            return not wants_close and not req.framing.has_body
         if path not in api.UPLOAD_PATHS:
             raise HTTPError(404, "NotFound", f"no such endpoint {path}; upload to /v1beta1/upload or "
                             "/v1beta1/upload-async")
@@ -277,6 +327,8 @@ class Proxy:
         except TokenError as e:
             log.info("refused %s %s: %s (%s)", req.method, path, e.reason, e.message)
             raise HTTPError(e.status, e.reason, e.message) from None
+        if req.method != "HEAD":
+            self._check_body(req)
         sr, sw, secret = await self.connect_target(claims.namespace, claims.name)
         try:
             return await self._forward(req, reader, writer, sr, sw, secret, claims.namespace, claims.name,
@@ -286,21 +338,20 @@ class Proxy:
                 sw.close()
 
     @staticmethod
-    def _has_body(req: Request) -> bool:
-        return "chunked" in req.headers.get("transfer-encoding", "").lower() or int(
-            req.headers.get("content-length") or 0) > 0
+    def _check_body(req: Request) -> None:
+        """An upload has a body of known framing with image bytes in it (chunked: _pump checks)."""
+        if not req.framing.chunked and req.framing.length is None:
+            raise HTTPError(411, "LengthRequired", "send Content-Length (curl -T does) or Transfer-Encoding: chunked")
+        if req.framing.length == 0:
+            form = req.path in api.FORM_SYNC_PATHS or req.path in api.FORM_ASYNC_PATHS
+            raise HTTPError(400, httputil.EMPTY_UPLOAD,
+                            httputil.EMPTY_FORM_MESSAGE if form else httputil.EMPTY_BODY_MESSAGE)
 
     async def _forward(self, req: Request, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                        sr: asyncio.StreamReader, sw: asyncio.StreamWriter, secret: bytes, ns: str, name: str,
                        wants_close: bool) -> bool:
-        chunked = "chunked" in req.headers.get("transfer-encoding", "").lower()
-        length: int | None = None
-        if not chunked and req.method != "HEAD":
-            try:
-                length = int(req.headers.get("content-length", ""))
-            except ValueError:
-                raise HTTPError(411, "LengthRequired",
-                                "send Content-Length (curl -T does) or Transfer-Encoding: chunked") from None
+        chunked = req.framing.chunked and req.method != "HEAD"
+        length = None if req.method == "HEAD" else req.framing.length
         lines = [f"{req.method} {req.target} HTTP/1.1", "Host: upload-server"]
         for k in ("content-type", "content-range", "x-checksum", "x-cdi-content-type", "x-upload-id"):
             if k in req.headers:
@@ -319,7 +370,7 @@ class Proxy:
             writer.write(response_bytes(status, "", headers.pop(api.HDR_REASON.lower(), ""),
                                         _pass_headers(headers), head_only=True))
             await writer.drain()
-            return not wants_close
+            return not wants_close and not req.framing.has_body
         if req.headers.get("expect", "").lower() == "100-continue":
             writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             await writer.drain()
@@ -345,6 +396,10 @@ class Proxy:
                     log.info("client went away during the upload to %s/%s: %s", ns, name, exc)
                     sw.close()  # the upload server sees the body end early and waits for a resume
                     raise ConnectionResetError(str(exc))
+                if isinstance(exc, httputil.RequestError):  # a malformed or empty chunked body
+                    log.info("refused the upload to %s/%s: %s", ns, name, exc.message)
+                    sw.close()  # the upload server sees the body break off: no run ends with it
+                    raise HTTPError(exc.status, exc.reason, exc.message)
                 if isinstance(exc, _ServerGone):
                     raise HTTPError(502, "UploadServerGone",
                                     f"the upload server closed the connection during the upload: {exc}; "
@@ -433,20 +488,28 @@ class Proxy:
                 self.bytes_proxied += len(data)
                 await send(data)
             return
-        while True:
+        # Chunked: parsed as strictly as the upload server does (httputil), forwarded re-framed
+        # (no extensions, no trailers), and never ended for the server if the client's body is
+        # malformed or empty (httputil.RequestError; the caller cuts the server's connection).
+        async def line() -> bytes:
             try:
-                line = await reader.readuntil(b"\r\n")
-            except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError) as e:
+                return await _read_line(reader, httputil.RequestError(
+                    "a chunk-size or trailer line is too long: malformed chunked body"))
+            except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError, OSError) as e:
                 raise _ClientGone(f"chunked body ended early: {e}") from None
-            try:
-                size = int(line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                raise _ClientGone("malformed chunked body") from None
+
+        empty = True
+        while True:
+            size = httputil.parse_chunk_size(await line())
             if size == 0:
-                while (await reader.readuntil(b"\r\n")) != b"\r\n":
+                trailer = httputil.FieldSection("trailer")
+                while trailer.add(await line()) is not None:
                     pass
+                if empty:
+                    raise httputil.RequestError(httputil.EMPTY_BODY_MESSAGE, reason=httputil.EMPTY_UPLOAD)
                 await send(b"0\r\n\r\n")
                 return
+            empty = False
             await send(f"{size:x}\r\n".encode())
             left = size
             while left > 0:
@@ -454,8 +517,13 @@ class Proxy:
                 left -= len(data)
                 self.bytes_proxied += len(data)
                 await send(data)
-            if await reader.readexactly(2) != b"\r\n":
-                raise _ClientGone("malformed chunked body")
+            try:
+                end = await reader.readexactly(2)
+            except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError, OSError) as e:
+                raise _ClientGone(f"chunked body ended early: {e}") from None
+            if end != b"\r\n":
+                raise httputil.RequestError("malformed chunked body: a chunk is not followed by CRLF (its size does "
+                                            "not match its data)")
             await send(b"\r\n")
 
     @staticmethod
@@ -594,7 +662,9 @@ def _pass_headers(headers: dict[str, str]) -> dict[str, str]:
 
 
 async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    """After an early answer: stop writing and drain a little so the client can read it."""
+    """After an early answer: stop writing and drain what the client still sends (at most 3 s,
+    until it pauses for half a second) so that closing does not reset the connection before the
+    client read the answer."""
     with contextlib.suppress(Exception):
         writer.transport.resume_reading()  # type: ignore[attr-defined]  # paused by the body pump
     with contextlib.suppress(Exception):
@@ -603,7 +673,7 @@ async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
     end = time.monotonic() + 3.0
     with contextlib.suppress(Exception):
         while time.monotonic() < end:
-            data = await asyncio.wait_for(reader.read(CHUNK), max(0.1, end - time.monotonic()))
+            data = await asyncio.wait_for(reader.read(CHUNK), min(0.5, max(0.1, end - time.monotonic())))
             if not data:
                 break
 

@@ -19,6 +19,11 @@ Protocol (CDI's, plus resume and checksum; see ``cdi.api.upload``):
   invalid image), 409 after completion, 503 while another upload runs, 500 otherwise; the
   ``X-Cdi-Reason`` header names the reason.
 - ``HEAD`` on an upload path -> 200 with ``Upload-Offset``/``Upload-Length`` (resume probe).
+- Requests are read as strictly as the proxy reads them (``uploadproxy.httputil``: one body
+  framing, header limits; defense in depth). An upload with no image bytes (``Content-Length:
+  0``, a chunked body or a form ``file`` part that ends at once) is refused with 400
+  ``EmptyUpload`` before a run starts: a run on it would leave a blank disk and end the worker.
+  Chunked and form bodies are read ahead to their first byte for that.
 - A body that ends early *suspends* the run: the data path waits (``UPLOAD_RESUME_TIMEOUT``) in
   its read for a request with ``Content-Range: bytes <received>-<last>/<length>`` that continues
   the same run. A new upload without Content-Range replaces a suspended one.
@@ -36,6 +41,7 @@ import contextlib
 import dataclasses
 import hmac
 import http.server
+import io
 import json
 import logging
 import os
@@ -64,6 +70,7 @@ ENV_TARGET = "UPLOAD_TARGET"
 USER_ERRORS = {
     str(Reason.TOO_SMALL), str(Reason.CHECKSUM_ERROR), str(Reason.INVALID_IMAGE), str(Reason.UNSAFE_IMAGE),
     str(Reason.NOT_AN_IMAGE), str(Reason.CONFIG_ERROR), "InvalidForm", "UploadInterrupted",
+    httputil.RequestError.reason, httputil.HeaderTooLarge.reason, httputil.EMPTY_UPLOAD,
 }
 # The data path words NotAnImage for a URL (the HTTP importer); an upload has a file instead.
 NOT_AN_IMAGE_MESSAGE = ("the uploaded file is an HTML page, not a disk image; upload the image file itself (an HTML "
@@ -91,6 +98,7 @@ class _Conn:
         self.sock = sock
         self.done = threading.Event()
         self.error = ""  # why the body broke, if it did
+        self.failure: httputil.RequestError | None = None  # the body is malformed (not resumable)
         self.complete = False  # every byte of the upload has been received
 
 
@@ -166,6 +174,8 @@ class Session:
                 self._detach(conn, error=str(e) or type(e).__name__)
                 continue
             except PermanentError as e:
+                if isinstance(e, httputil.RequestError):
+                    conn.failure = e
                 self._detach(conn, error=e.message)
                 raise
             with self.cond:
@@ -404,6 +414,33 @@ def _make_handler(server: UploadServer) -> type[http.server.BaseHTTPRequestHandl
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = "pycdi-uploadserver"
+        timeout = httputil.HEAD_TIMEOUT  # per socket read; _post sets the body's idle timeout
+        framing = httputil.Framing()
+        raw_requestline: bytes  # set by http.server before parse_request
+
+        def parse_request(self) -> bool:
+            """http.server's parsing, on a head first read within the limits and framing rules of
+            ``httputil`` (as strict as the proxy: defense in depth)."""
+            self.close_connection = True  # until a whole head is read
+            self.command, self.request_version = "", "HTTP/1.1"
+            self.requestline = self.raw_requestline.decode("latin-1").rstrip("\r\n")[:200]
+            try:
+                _, _, version = httputil.parse_request_line(self.raw_requestline)
+                fields = httputil.read_fields(self.rfile, "header")
+                self.framing = httputil.body_framing(fields, version)
+            except httputil.RequestError as e:
+                with contextlib.suppress(OSError):
+                    self._reply(e.status, e.message, e.reason)
+                    self._linger()
+                return False
+            except (httputil.BodyError, OSError):
+                return False  # the connection closed or stalled in the middle of the head
+            head = b"".join(f"{k}: {v}\r\n".encode("latin-1") for k, v in fields) + b"\r\n"
+            rfile, self.rfile = self.rfile, io.BytesIO(head)
+            try:
+                return bool(super().parse_request())
+            finally:
+                self.rfile = rfile
 
         def address_string(self) -> str:
             return "proxy"
@@ -441,6 +478,13 @@ def _make_handler(server: UploadServer) -> type[http.server.BaseHTTPRequestHandl
                 while time.monotonic() < end:
                     if not self.connection.recv(1 << 20):
                         break
+
+        def _refuse(self, status: int, text: str, reason: str, headers: dict[str, str] | None = None) -> None:
+            """Answer an error before (or instead of) reading the rest of the body; close."""
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self._reply(status, text, reason, headers)
+            self._linger()
 
         def _authorized(self) -> bool:
             if server.secret:
@@ -517,19 +561,14 @@ def _make_handler(server: UploadServer) -> type[http.server.BaseHTTPRequestHandl
             archive = path in api.ARCHIVE_PATHS
             query = parse_qs(url.query)
             checksum = self.headers.get(api.HDR_CHECKSUM) or (query.get("checksum") or [""])[0] or None
-            chunked = "chunked" in (self.headers.get("Transfer-Encoding") or "").lower()
-            length_hdr = self.headers.get("Content-Length")
-            try:
-                length = int(length_hdr) if length_hdr is not None and not chunked else None
-            except ValueError:
-                length = -1
-            if length is not None and length < 0:
-                self.close_connection = True
-                self._reply(400, "invalid Content-Length", "BadRequest")
-                return
+            chunked, length = self.framing.chunked, self.framing.length
             if length is None and not chunked:
                 self.close_connection = True
                 self._reply(411, "send Content-Length (or Transfer-Encoding: chunked)", "LengthRequired")
+                return
+            empty = httputil.EMPTY_FORM_MESSAGE if is_form else httputil.EMPTY_BODY_MESSAGE
+            if length == 0:  # before a run starts: a run would leave a blank disk
+                self._refuse(400, empty, httputil.EMPTY_UPLOAD)
                 return
             crange = None
             if self.headers.get("Content-Range"):
@@ -556,9 +595,25 @@ def _make_handler(server: UploadServer) -> type[http.server.BaseHTTPRequestHandl
                     self._linger()
                     return
                 reader = httputil.MultipartFileReader(reader, boundary)
-            conn = _Conn(reader, self.connection)
             with contextlib.suppress(OSError):
                 self.connection.settimeout(max(5.0, server.settings.idle_timeout))
+            if chunked or is_form:
+                # The size is not known before the end: see the first bytes before a run starts.
+                try:
+                    first, reader = httputil.read_ahead(reader)
+                except httputil.RequestError as e:
+                    self._refuse(e.status, e.message, e.reason)
+                    return
+                except (httputil.BodyError, OSError) as e:
+                    self.close_connection = True
+                    with contextlib.suppress(OSError):
+                        self._reply(400, f"the request body ended before the image started ({e}); upload again",
+                                    "UploadInterrupted")
+                    return
+                if not first:
+                    self._refuse(400, empty, httputil.EMPTY_UPLOAD)
+                    return
+            conn = _Conn(reader, self.connection)
 
             superseded: Session | None = None
             for _ in range(2):
@@ -618,6 +673,9 @@ def _make_handler(server: UploadServer) -> type[http.server.BaseHTTPRequestHandl
             conn.done.wait()
             run = {api.HDR_ATTEMPT: str(sess.attempt)}  # lets a client match lastError to its upload
             if not conn.complete:
+                if conn.failure is not None:  # the body is malformed: the run fails with it
+                    self._refuse(conn.failure.status, conn.failure.message, conn.failure.reason, headers=run)
+                    return
                 if sess.finished.is_set() and sess.result is not None and sess.result.outcome != Outcome.SUCCEEDED:
                     r = sess.result
                     self.close_connection = True
@@ -626,10 +684,11 @@ def _make_handler(server: UploadServer) -> type[http.server.BaseHTTPRequestHandl
                     return
                 # The body broke (client or proxy went away): nobody may be listening any more.
                 self.close_connection = True
+                how = ("HEAD for Upload-Offset and continue with Content-Range" if sess.resumable
+                       else "upload again")
                 with contextlib.suppress(OSError):
-                    self._reply(400, f"upload interrupted ({conn.error}); received {sess.received} bytes; "
-                                "HEAD for Upload-Offset and continue with Content-Range", "UploadInterrupted",
-                                headers={api.HDR_OFFSET: str(sess.received), **run})
+                    self._reply(400, f"upload interrupted ({conn.error}); received {sess.received} bytes; {how}",
+                                "UploadInterrupted", headers={api.HDR_OFFSET: str(sess.received), **run})
                 return
             if is_async:
                 # Every byte is here; conversion goes on. Fail fast if the data path already failed.

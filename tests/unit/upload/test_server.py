@@ -296,3 +296,98 @@ def test_head_tells_the_length_once_it_is_known(server):
     status, headers, _ = request(server, "HEAD", "/v1beta1/upload-async")
     assert headers["x-upload-state"] == api.ST_DONE
     assert headers[api.HDR_LENGTH.lower()] == "3000" and headers[api.HDR_OFFSET.lower()] == "3000"
+
+
+# --- framing, empty bodies and header limits (issue 9): refused before a run starts ------------
+
+
+def _raw(srv, head: bytes, body: bytes = b"") -> tuple[int, dict[str, str], str]:
+    s = _connect(srv)
+    try:
+        s.sendall(head + body)
+        return _read_response(s)
+    finally:
+        s.close()
+
+
+def _post_head(*lines: str, path: str = "/v1beta1/upload") -> bytes:
+    return "\r\n".join([f"POST {path} HTTP/1.1", "Host: x", f"{api.HDR_PROXY_AUTH}: {SECRET}", *lines,
+                        "", ""]).encode()
+
+
+def _assert_no_run(srv) -> None:
+    st = state(srv)
+    assert st["state"] == api.ST_READY and st["attempts"] == 0 and st["lastError"] is None, st
+    assert srv.session is None and srv.result is None
+    assert not (srv.tmp / "vol" / "disk.img").exists()
+
+
+@pytest.mark.parametrize("lines, body, status, reason, words", [
+    # the attack of issue 9: chunked ending at once, with a conflicting Content-Length
+    (("Transfer-Encoding: chunked", "Content-Length: 4"), b"0\r\n\r\n", 400, "BadRequest",
+     "both Transfer-Encoding and Content-Length"),
+    (("Transfer-Encoding: chunked",), b"0\r\n\r\n", 400, "EmptyUpload", "the upload body is empty"),
+    (("Transfer-Encoding: chunked",), b"0\r\nX-T: 1\r\n\r\n", 400, "EmptyUpload", "the upload body is empty"),
+    (("Content-Length: 0",), b"", 400, "EmptyUpload", "send the image file"),
+    (("Content-Length: 4", "Content-Length: 4"), b"abcd", 400, "BadRequest", "more than one Content-Length"),
+    (("Content-Length: 4x",), b"abcd", 400, "BadRequest", "invalid Content-Length"),
+    (("Transfer-Encoding: gzip",), b"abcd", 501, "NotImplemented", "not supported"),
+    (("Transfer-Encoding: chunked",), b"zz\r\nabcd\r\n0\r\n\r\n", 400, "BadRequest", "malformed chunk-size"),
+    (("Transfer-Encoding: chunked",), b"4;" + b"e" * 5000 + b"\r\nabcd\r\n0\r\n\r\n", 400, "BadRequest",
+     "extensions are limited"),
+    (("Transfer-Encoding: chunked",), b"4\r\nabcdXX0\r\n\r\n", 400, "BadRequest", "not followed by CRLF"),
+])
+def test_bad_framing_and_empty_bodies_are_refused(server, lines, body, status, reason, words):
+    code, headers, text = _raw(server, _post_head(*lines), body)
+    assert (code, headers[api.HDR_REASON.lower()]) == (status, reason), text
+    assert words in text and headers.get("connection") == "close"
+    _assert_no_run(server)
+    data = os.urandom(5000)  # the volume takes a real upload afterwards
+    assert request(server, "POST", "/v1beta1/upload", data)[0] == 200 and disk(server) == data
+
+
+def test_empty_form_file_part_is_refused(server):
+    body = b"--BB\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x\"\r\n\r\n\r\n--BB--\r\n"
+    status, headers, text = request(server, "POST", "/v1beta1/upload-form", body,
+                                    {"Content-Type": "multipart/form-data; boundary=BB"})
+    assert status == 400 and headers[api.HDR_REASON.lower()] == "EmptyUpload"
+    assert "the form's 'file' part has no content" in text
+    _assert_no_run(server)
+
+
+def test_form_part_headers_over_the_limit_get_431(server):
+    body = (b"--BB\r\nContent-Disposition: form-data; name=\"file\"\r\n" + b"X: 1\r\n" * 200 + b"\r\nabc"
+            b"\r\n--BB--\r\n")
+    status, _, text = request(server, "POST", "/v1beta1/upload-form", body,
+                              {"Content-Type": "multipart/form-data; boundary=BB"})
+    assert status == 431 and "more than 100 form part header fields" in text
+    _assert_no_run(server)
+
+
+def test_a_chunked_body_malformed_midway_fails_its_run_and_the_server_stays_ready(server):
+    s = _connect(server)
+    try:
+        s.sendall(_post_head("Transfer-Encoding: chunked") + b"5\r\nhello\r\n")
+        wait_for(lambda: state(server)["state"] == api.ST_RECEIVING)
+        s.sendall(b"5\r\nworldXX")
+        status, headers, text = _read_response(s)
+    finally:
+        s.close()
+    assert status == 400 and headers[api.HDR_REASON.lower()] == "BadRequest" and "not followed by CRLF" in text
+    wait_for(lambda: state(server)["lastError"] is not None)
+    st = state(server)
+    assert st["state"] == api.ST_READY and st["lastError"]["reason"] == "BadRequest", st
+    assert not (server.tmp / "vol" / "disk.img").exists() and server.result is None
+
+
+@pytest.mark.parametrize("head, status, words", [
+    (_post_head("X-Big: " + "a" * 100_000, "Content-Length: 3"), 431, "header line is longer than 8192"),
+    (_post_head(*[f"X-{i}: 1" for i in range(5000)], "Content-Length: 3"), 431, "more than 100 header fields"),
+    (f"POST /v1beta1/upload?{'a' * 9000} HTTP/1.1\r\nContent-Length: 3\r\n\r\n".encode(), 414, "request line"),
+    (_post_head("X-Bad : 1", "Content-Length: 3"), 400, "malformed header line"),
+])
+def test_header_limits(server, head, status, words):
+    code, headers, text = _raw(server, head, b"abc")
+    assert code == status and words in text, text
+    assert headers.get("connection") == "close"
+    _assert_no_run(server)
