@@ -120,8 +120,6 @@ class _Budget:
 class _Loader(_Base):  # type: ignore[misc]
     """PyYAML's safe constructor over our own composer (bounded, iterative)."""
 
-    # Events come from libyaml (its own Mark type) or from PyYAML's parser: marks are passed on as is.
-
     def documents(self, budget: _Budget) -> Iterator[Any]:
         self.get_event()  # StreamStart
         index = 0
@@ -141,8 +139,7 @@ class _Loader(_Base):  # type: ignore[misc]
         stack: list[_Open] = []
         root: list[Node] = []
 
-        def where(event: Any) -> str:
-            mark = getattr(event, "start_mark", None)
+        def where(mark: Any) -> str:
             return f"document {index}, line {mark.line + 1}" if mark is not None else f"document {index}"
 
         def done(node: Node, size: int) -> None:
@@ -154,25 +151,25 @@ class _Loader(_Base):  # type: ignore[misc]
 
         while True:
             event = self.get_event()
-            start: Any = event.start_mark
+            start: Any = event.start_mark  # libyaml's Mark or PyYAML's: passed on as they are
             end: Any = event.end_mark
             if isinstance(event, yaml.AliasEvent):
                 name = event.anchor
                 if name in opened:
                     raise DocumentError(
-                        f"{where(event)}: the alias *{name} is inside the node it names (&{name}); "
+                        f"{where(start)}: the alias *{name} is inside the node it names (&{name}); "
                         "a manifest cannot be recursive: write the value out"
                     )
                 if name not in anchors:
                     raise DocumentError(
-                        f"{where(event)}: the alias *{name} names no anchor (&{name}) defined before it; "
+                        f"{where(start)}: the alias *{name} names no anchor (&{name}) defined before it; "
                         "define the anchor first or write the value out"
                     )
                 node, size = anchors[name]
                 budget.used += size
                 if budget.used > budget.limit:
                     raise DocumentError(
-                        f'{where(event)}: excessive aliasing: with *{name} the aliases add more than '
+                        f"{where(start)}: excessive aliasing: with *{name} the aliases add more than "
                         f"{budget.limit} bytes to this {budget.input_size}-byte input (aliases may add "
                         f"{ALIAS_FACTOR} times the input, at least {_size_words(ALIAS_FLOOR)}, at most "
                         f"{_size_words(MAX_INPUT_BYTES)}); write the repeated parts out instead of aliasing them"
@@ -190,7 +187,7 @@ class _Loader(_Base):  # type: ignore[misc]
             elif isinstance(event, yaml.SequenceStartEvent | yaml.MappingStartEvent):
                 if len(stack) >= MAX_DEPTH:
                     raise DocumentError(
-                        f"{where(event)}: nested more than {MAX_DEPTH} levels deep; no Kubernetes "
+                        f"{where(start)}: nested more than {MAX_DEPTH} levels deep; no Kubernetes "
                         "object nests that deep: flatten the document"
                     )
                 tag = event.tag
