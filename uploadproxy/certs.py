@@ -26,6 +26,7 @@ class TLSFiles:
 
 def _write(path: str, data: bytes, mode: int) -> None:
     fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    os.fchmod(fd, mode)  # exactly: a leftover .tmp keeps its old mode, and the umask may differ
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     os.replace(path + ".tmp", path)

@@ -50,10 +50,9 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-import yaml
-
 from cdi.api import upload as api
 from cdi.api.naming import worker_run_dir
+from cdi.common import documents
 from uploadproxy import httputil
 from uploadproxy.tokens import KeyRing, TokenError, bearer
 
@@ -684,10 +683,11 @@ async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
 def load_config(data_dir: str) -> api.UploadConfig:
     path = os.path.join(data_dir, "config.yaml")
     try:
-        with open(path) as f:
-            raw = yaml.safe_load(f) or {}
+        raw = documents.load_one(documents.read_file(path)) or {}
     except FileNotFoundError:
         raw = {}
+    except documents.DocumentError as e:  # bounded like manifests (aliases, size, nesting)
+        raise ValueError(str(e)) from None
     return api.UploadConfig.from_mapping(raw.get("upload") if isinstance(raw, dict) else None)
 
 

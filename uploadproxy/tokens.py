@@ -105,6 +105,7 @@ class KeyRing:
                                             serialization.PublicFormat.SubjectPublicKeyInfo)
         path = os.path.join(self.dir, f"{kid}.key")
         fd = os.open(path + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)  # exactly: a leftover .tmp keeps its old mode
         with os.fdopen(fd, "wb") as f:
             f.write(priv)
         os.replace(path + ".tmp", path)

@@ -8,7 +8,9 @@ source PVC exist? does a PVC with this name already exist?) belong to the caller
 ``admit(obj, old)`` is what the CLI and the controller call before storing an object: it
 dispatches on ``kind`` through :data:`ADMITTERS` (other packages register more kinds, e.g. the
 VM runtime registers VirtualMachine / VirtualMachineInstance), parses, validates and returns the
-normalized dict.
+normalized dict. Before a kind's own rules it applies Kubernetes' limits to every kind
+(:mod:`cdi.api.limits`: label and annotation syntax, 256 KiB of annotations, 3 MiB as submitted)
+and after them the 1.5 MiB limit on the object as it will be stored.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cdi.api import annotations as ann
+from cdi.api import limits
 from cdi.api.datavolume import (
     CONTENT_ARCHIVE,
     CONTENT_KUBEVIRT,
@@ -44,7 +47,7 @@ CHECKSUM_HEX_LENGTHS = {"md5": 32, "sha1": 40, "sha256": 64, "sha512": 128}
 MIN_SIZE = MiB
 DNS1123_SUBDOMAIN_MAX = 253
 DNS1123_LABEL_MAX = 63
-SECRET_MAX_BYTES = 1 << 20
+SECRET_MAX_BYTES = limits.MAX_DATA_BYTES
 
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -686,11 +689,9 @@ def validate_secret(new: Secret, old: Secret | None = None) -> None:
     if not new.type:
         errs.append(ValidationError("type", "is empty; write type: Opaque"))
     _check_keys(list(new.data), "data", errs)
-    total = sum(len(k) + len(v) for k, v in new.data.items())
-    if total > SECRET_MAX_BYTES:
-        errs.append(
-            ValidationError("data", f"holds {total} bytes; the limit is 1 MiB, split it into several Secrets")
-        )
+    too_long = limits.check_data_size(list(new.data.values()), "data", "Secret")
+    if too_long is not None:
+        errs.append(too_long)
     if old is not None:
         _check_same_identity(new.metadata, old.metadata, errs)
         if new.type != old.type:
@@ -717,15 +718,10 @@ def validate_configmap(new: ConfigMap, old: ConfigMap | None = None) -> None:
                 f"binaryData[{key}]", "the key is also in data; keep it in only one of data and binaryData"
             )
         )
-    total = sum(len(k) + len(v) for k, v in new.data.items()) + sum(
-        len(k) + len(v) for k, v in new.binary_data.items()
-    )
-    if total > SECRET_MAX_BYTES:
-        errs.append(
-            ValidationError(
-                "data", f"holds {total} bytes; the limit is 1 MiB, split it into several ConfigMaps"
-            )
-        )
+    values: list[str | bytes] = [*new.data.values(), *new.binary_data.values()]
+    too_long = limits.check_data_size(values, "data", "ConfigMap")
+    if too_long is not None:
+        errs.append(too_long)
     if old is not None:
         _check_same_identity(new.metadata, old.metadata, errs)
         changed = new.data != old.data or new.binary_data != old.binary_data
@@ -837,7 +833,21 @@ def admit(obj: dict[str, Any], old: dict[str, Any] | None = None) -> dict[str, A
                 )
             ]
         )
-    return admitter(dict(obj), old)
+    too_large = limits.check_object_size(obj, limits.MAX_REQUEST_BYTES, f"a {kind} as submitted")
+    if too_large is not None:  # refused before anything walks it
+        raise ValidationErrors([too_large])
+    errs = limits.check_metadata_limits(obj)
+    try:
+        new = admitter(dict(obj), old)
+    except ValidationErrors as e:
+        raise ValidationErrors(errs + e.errors) from None
+    except ValidationError as e:
+        raise ValidationErrors([*errs, e]) from None
+    raise_if_any(errs)
+    too_large = limits.check_object_size(new, limits.MAX_OBJECT_BYTES, f"a stored {kind}")
+    if too_large is not None:
+        raise ValidationErrors([too_large])
+    return new
 
 
 __all__ = [

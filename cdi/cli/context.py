@@ -101,8 +101,14 @@ class Context:
 
     @property
     def store(self) -> Store:
+        """The store; opening it checks (and tightens) the data dir's permissions first."""
         if self._store is None:
-            self._store = open_store(self.data_dir)
+            from cdi.common.errors import PermanentError
+
+            try:
+                self._store = open_store(self.data_dir)
+            except PermanentError as e:  # the data dir is not private (datadir.UnsafeDataDir)
+                raise CLIError(f"error: {e}") from None
         return self._store
 
     def close(self) -> None:

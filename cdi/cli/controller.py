@@ -8,11 +8,13 @@ from cdi.cli.context import Context, daemon
 
 
 def serve(ctx: Context) -> int:
+    _ = ctx.store  # checks the data dir (refuses one that is not private) before the controller runs
     rc = daemon().serve(ctx.data_dir)
     return int(rc or 0)
 
 
 def start(ctx: Context) -> int:
+    _ = ctx.store  # checks the data dir first, as serve does
     d = daemon()
     d.ensure_running(ctx.data_dir)
     st = d.status(ctx.data_dir)

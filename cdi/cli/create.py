@@ -1,4 +1,8 @@
-"""``cdi create secret generic NAME`` and ``cdi create configmap NAME`` with kubectl's flags."""
+"""``cdi create secret generic NAME`` and ``cdi create configmap NAME`` with kubectl's flags.
+
+Values are read up to Kubernetes' 1 MiB limit on a Secret's or ConfigMap's data, counted as they
+go: ``--from-file=/dev/zero`` or a 10 GiB file is refused after 1 MiB, not read into memory.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import os
 import re
 from typing import Any
 
+from cdi.api.limits import MAX_DATA_BYTES
 from cdi.cli import apply, kinds
 from cdi.cli.context import CLIError, Context
 from cdi.cli.printers import to_json, to_yaml
@@ -25,11 +30,23 @@ def _check_key(key: str) -> None:
         )
 
 
+def _too_much(source: str) -> CLIError:
+    return CLIError(
+        f"error: {source} takes the data past {MAX_DATA_BYTES} bytes (1 MiB), the most a Secret or "
+        "ConfigMap may hold; split the values over several, or keep large files in a volume"
+    )
+
+
 def collect(literals: list[str], files: list[str]) -> dict[str, bytes]:
-    """``--from-literal=k=v`` and ``--from-file=[k=]path`` (a directory adds its regular files)."""
+    """``--from-literal=k=v`` and ``--from-file=[k=]path`` (a directory adds its regular files).
+
+    :raises CLIError: also when the values pass 1 MiB (reading stops there).
+    """
     out: dict[str, bytes] = {}
+    total = 0
 
     def add(key: str, value: bytes) -> None:
+        nonlocal total
         _check_key(key)
         if key in out:
             raise CLIError(
@@ -37,11 +54,21 @@ def collect(literals: list[str], files: list[str]) -> dict[str, bytes]:
                 "give each value its own key"
             )
         out[key] = value
+        total += len(value)
+
+    def read(path: str) -> bytes:
+        with open(path, "rb") as f:
+            data = f.read(MAX_DATA_BYTES - total + 1)
+        if total + len(data) > MAX_DATA_BYTES:
+            raise _too_much(f'--from-file "{path}"')
+        return data
 
     for lit in literals:
         key, sep, value = lit.partition("=")
         if not sep or not key:
             raise CLIError(f"error: invalid literal source {lit}, expected key=value")
+        if total + len(value.encode()) > MAX_DATA_BYTES:
+            raise _too_much(f'--from-literal "{key}"')
         add(key, value.encode())
     for spec in files:
         key, sep, path = spec.partition("=")
@@ -56,12 +83,10 @@ def collect(literals: list[str], files: list[str]) -> dict[str, bytes]:
             for name in sorted(os.listdir(path)):
                 full = os.path.join(path, name)
                 if os.path.isfile(full):
-                    with open(full, "rb") as f:
-                        add(name, f.read())
+                    add(name, read(full))
             continue
         try:
-            with open(path, "rb") as f:
-                data = f.read()
+            data = read(path)
         except OSError as e:
             raise CLIError(f"error: error reading {path}: {e.strerror or e}") from e
         add(key or os.path.basename(path), data)

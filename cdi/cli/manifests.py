@@ -1,15 +1,20 @@
-"""Reading manifests for ``-f``: files, directories, stdin; multi-document YAML, JSON, ``kind: List``."""
+"""Reading manifests for ``-f``: files, directories, stdin; multi-document YAML, JSON, ``kind: List``.
+
+Manifests are untrusted input: each file (or stdin) is read up to 3 MiB (kube-apiserver's limit
+on a request body) and decoded by :mod:`cdi.common.documents`, which bounds alias expansion
+("billion laughs") and nesting. A file that breaks a bound is one error naming the file and the
+fix; none of its documents is applied.
+"""
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, TextIO
 
-import yaml
+from cdi.common import documents
 
 Obj = dict[str, Any]
 
@@ -51,37 +56,36 @@ def _flatten(obj: Any, source: str) -> Iterator[Document]:
 
 
 def parse_text(text: str, source: str) -> Iterator[Document]:
-    stripped = text.lstrip()
-    if stripped.startswith(("{", "[")):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            yield Document(source, None, f'error: error parsing "{source}": {e}')
-            return
-        for item in data if isinstance(data, list) else [data]:
-            yield from _flatten(item, source)
-        return
+    is_json = text.lstrip().startswith(("{", "["))
     try:
-        docs = list(yaml.safe_load_all(text))
-    except yaml.YAMLError as e:
-        yield Document(source, None, f'error: error parsing "{source}": {" ".join(str(e).split())}')
+        docs = documents.load_all(text)
+    except documents.DocumentError as e:
+        yield Document(source, None, f'error: error parsing "{source}": {e}')
         return
     for d in docs:
-        yield from _flatten(d, source)
+        for item in d if is_json and isinstance(d, list) else [d]:
+            yield from _flatten(item, source)
+
+
+def _read(path: str, stdin: TextIO | None) -> str:
+    if path != "-":
+        return documents.read_file(path)
+    f = stdin or sys.stdin
+    return documents.read_text(getattr(f, "buffer", f), "STDIN")
 
 
 def load(paths: list[str], stdin: TextIO | None = None) -> Iterator[Document]:
     for path in expand_paths(paths):
-        if path == "-":
-            yield from parse_text((stdin or sys.stdin).read(), "STDIN")
-            continue
+        source = "STDIN" if path == "-" else path
         try:
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
+            text = _read(path, stdin)
         except FileNotFoundError:
             yield Document(path, None, f'error: the path "{path}" does not exist')
             continue
-        except (OSError, UnicodeDecodeError) as e:
-            yield Document(path, None, f'error: cannot read "{path}": {e}')
+        except OSError as e:
+            yield Document(path, None, f'error: cannot read "{path}": {e.strerror or e}')
             continue
-        yield from parse_text(text, path)
+        except documents.DocumentError as e:
+            yield Document(source, None, f"error: {e}")
+            continue
+        yield from parse_text(text, source)

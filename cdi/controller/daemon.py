@@ -115,9 +115,15 @@ def stop_upload_proxy(data_dir: str) -> bool:
 
 def serve(data_dir: str) -> int:
     """Run the controller in the foreground until SIGTERM or SIGINT."""
+    from cdi.backends.embedded import datadir
+    from cdi.common.errors import PermanentError
     from cdi.controller.manager import Manager
 
-    os.makedirs(data_dir, mode=0o700, exist_ok=True)
+    try:  # before writing anything into it: a data dir another user owns is refused
+        datadir.secure(data_dir)
+    except PermanentError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     fd = os.open(os.path.join(data_dir, LOCK), os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

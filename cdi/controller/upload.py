@@ -90,13 +90,12 @@ def _server_address(listen: str, workdir: str) -> str:
 def upload_config(data_dir: str, strict: bool = False) -> api.UploadConfig:
     """The ``upload:`` settings of ``config.yaml``; the defaults when they are invalid, or with
     ``strict`` a ValueError naming the file, the key and what to write."""
-    import yaml
+    from cdi.common import documents
 
     path = os.path.join(data_dir, "config.yaml")
     try:
-        with open(path) as f:
-            raw = yaml.safe_load(f) or {}
-    except (OSError, yaml.YAMLError):
+        raw = documents.load_one(documents.read_file(path)) or {}
+    except (OSError, documents.DocumentError):  # bounded like manifests (aliases, size, nesting)
         raw = {}
     try:
         return api.UploadConfig.from_mapping(raw.get("upload") if isinstance(raw, dict) else None)

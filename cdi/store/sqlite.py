@@ -7,6 +7,12 @@ finalizers only sets ``deletionTimestamp``), and events with k8s-style de-duplic
 
 Several processes use the file at once (the CLI, the controller daemon): WAL mode, a busy
 timeout, and every write in one ``BEGIN IMMEDIATE`` transaction.
+
+The file holds Secrets: it is created 0600 whatever the umask (and an existing one with group or
+other bits is tightened), before SQLite opens it; SQLite gives the ``-wal`` and ``-shm`` files
+the database's mode. No writer can store a body larger than ``limits.MAX_STORED_BYTES``
+(admission's 1.5 MiB plus room for the controller's status): whatever skipped admission, the
+database cannot be grown by one giant object.
 """
 
 from __future__ import annotations
@@ -14,8 +20,10 @@ from __future__ import annotations
 import builtins
 import copy
 import json
+import logging
 import os
 import sqlite3
+import stat
 import threading
 import uuid
 from collections.abc import Iterator
@@ -23,9 +31,13 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
-from cdi.common.errors import ConflictError, NotFoundError
+from cdi.api.limits import MAX_STORED_BYTES, json_size
+from cdi.common.errors import ConflictError, NotFoundError, PermanentError
 
 Obj = dict[str, Any]
+log = logging.getLogger(__name__)
+PRIVATE_FILE_MODE = 0o600
+SIDE_FILES = ("-wal", "-shm", "-journal")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS objects (
@@ -65,12 +77,58 @@ def key_of(obj: Obj) -> tuple[str, str, str]:
     return obj["kind"], md.get("namespace") or "default", md["name"]
 
 
+def tighten_file(path: str, *, create: bool = False) -> str | None:
+    """Make ``path`` mode 0600 (creating it empty with ``create``); says what changed, if anything.
+
+    The mode is set with ``fchmod`` on the open file, so the umask does not matter.
+    """
+    flags = os.O_RDONLY | os.O_CLOEXEC | (os.O_CREAT if create else 0)
+    try:
+        fd = os.open(path, flags, PRIVATE_FILE_MODE)
+    except FileNotFoundError:
+        return None
+    try:
+        st = os.fstat(fd)
+        mode = stat.S_IMODE(st.st_mode)
+        if mode == PRIVATE_FILE_MODE:
+            return None
+        try:
+            os.fchmod(fd, PRIVATE_FILE_MODE)
+        except PermissionError:
+            raise PermanentError(
+                f"{path} has mode {mode:04o} and belongs to uid {st.st_uid}, so it cannot be made private "
+                f"(0600); run as its owner, or chown it to uid {os.geteuid()}",
+                reason="UnsafeDataDir",
+            ) from None
+        return f"{path} from {mode:04o} to {PRIVATE_FILE_MODE:04o}"
+    finally:
+        os.close(fd)
+
+
+def _body(obj: Obj) -> str:
+    """The stored JSON; refused past MAX_STORED_BYTES (measured as admission measures)."""
+    body = json.dumps(obj)
+    if len(body) > MAX_STORED_BYTES and json_size(obj, MAX_STORED_BYTES) > MAX_STORED_BYTES:
+        kind, ns, name = key_of(obj)
+        raise PermanentError(
+            f'{kind} "{name}" in namespace "{ns}" is larger than {MAX_STORED_BYTES} bytes as JSON, the most '
+            "one stored object may hold; keep large data out of the object (in a volume, or spread over "
+            "several Secrets or ConfigMaps)",
+            reason="RequestEntityTooLarge",
+        )
+    return body
+
+
 class Store:
     """Thread-safe within a process (one connection per thread), safe across processes."""
 
     def __init__(self, path: str) -> None:
         self.path = path
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+        for p in (path, *(path + suffix for suffix in SIDE_FILES)):
+            changed = tighten_file(p, create=p == path)
+            if changed:
+                log.warning("tightened the permissions of %s: it holds Secrets", changed)
         self._local = threading.local()
         self._db().executescript(_SCHEMA)
 
@@ -162,7 +220,7 @@ class Store:
             md.setdefault("generation", 1)
             db.execute(
                 "INSERT INTO objects (kind, namespace, name, rv, body) VALUES (?, ?, ?, ?, ?)",
-                (kind, ns, name, rv, json.dumps(obj)),
+                (kind, ns, name, rv, _body(obj)),
             )
         return obj
 
@@ -199,7 +257,7 @@ class Store:
             md["resourceVersion"] = str(rv)
             db.execute(
                 "UPDATE objects SET rv=?, body=? WHERE kind=? AND namespace=? AND name=?",
-                (rv, json.dumps(obj), kind, ns, name),
+                (rv, _body(obj), kind, ns, name),
             )
         return obj
 

@@ -12,6 +12,9 @@
     importerMaxResumes: 5         # in-worker resumes (Range) before the worker gives up
     upload:                       # optional; see cdi.api.upload.UploadConfig
       tokenTTLSeconds: 300        # (0, 3600]
+
+Opening the data dir (:func:`open_store`, :meth:`Config.load`) first checks and tightens its
+permissions (:mod:`cdi.backends.embedded.datadir`): it holds Secrets.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import yaml
 
 from cdi.api.upload import UploadConfig
 from cdi.backends.base import StorageClassInfo
+from cdi.backends.embedded import datadir
+from cdi.common import documents
 from cdi.common.errors import PermanentError
 from cdi.store.sqlite import Store
 
@@ -39,7 +44,11 @@ def resolve_data_dir(arg: str | None = None) -> str:
 
 
 def open_store(data_dir: str) -> Store:
-    os.makedirs(data_dir, mode=0o700, exist_ok=True)
+    """The store of ``data_dir``, after checking and tightening the data dir.
+
+    :raises datadir.UnsafeDataDir: the data dir is not private to the user running cdi.
+    """
+    datadir.secure(data_dir)
     return Store(os.path.join(data_dir, STATE_DB))
 
 
@@ -75,8 +84,8 @@ class Config:
         :raises PermanentError: naming the key that is wrong and what to write.
         """
         path = os.path.join(data_dir, CONFIG_FILE)
+        datadir.secure(data_dir)
         if not os.path.exists(path):
-            os.makedirs(data_dir, mode=0o700, exist_ok=True)
             default = {
                 "storageClasses": {"local": {"path": os.path.join(data_dir, "pools", "local"), "default": True}},
                 "filesystemOverhead": 0.06,
@@ -92,9 +101,8 @@ class Config:
                 yaml.safe_dump(default, f, sort_keys=False)
             os.replace(tmp, path)
         try:
-            with open(path) as f:
-                raw: Any = yaml.safe_load(f) or {}
-        except yaml.YAMLError as e:
+            raw: Any = documents.load_one(documents.read_file(path)) or {}
+        except documents.DocumentError as e:
             raise PermanentError(f"{path} is not valid YAML: {e}") from e
         if not isinstance(raw, dict):
             raise PermanentError(f"{path}: expected a mapping of settings")
