@@ -223,7 +223,7 @@ class KeyRing:
             header = json.loads(_unb64(parts[0]))
             claims = json.loads(_unb64(parts[1]))
             sig = _unb64(parts[2])
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: absurdly nested JSON
             raise TokenError(401, "TokenMalformed", "the upload token is not valid base64url JSON") from None
         if not isinstance(header, dict) or not isinstance(claims, dict):
             raise TokenError(401, "TokenMalformed", "the upload token header or claims are not JSON objects")

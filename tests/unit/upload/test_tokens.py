@@ -168,3 +168,11 @@ def test_upload_config():
         api.UploadConfig.from_mapping({"tokenTTLSeconds": "x"})
     with pytest.raises(ValueError, match="go together"):
         api.UploadConfig.from_mapping({"proxyCertFile": "/x"})
+
+
+def test_absurdly_nested_claims_are_a_malformed_token(tmp_path):
+    ring = KeyRing(str(tmp_path / "k"))
+    deep = base64.urlsafe_b64encode(b"[" * 100_000 + b"]" * 100_000).rstrip(b"=").decode()
+    with pytest.raises(TokenError) as e:
+        ring.verify(f"{_enc({'alg': 'EdDSA'})}.{deep}.c2ln")
+    assert e.value.status == 401 and e.value.reason == "TokenMalformed"
