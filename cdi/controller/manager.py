@@ -66,11 +66,20 @@ class Manager:
         import os
 
         config = Config.load(data_dir)
+        if os.geteuid() != 0:
+            log.info("workers run as this user (uid %d): per-worker uids need a controller running as root",
+                     os.geteuid())
+        elif not config.worker_isolation:
+            log.warning("workerIsolation is off in config.yaml: workers run as root and see the whole machine")
         store = store or Store(os.path.join(data_dir, "state.db"))
         ctx = Context(
             store=store,
             volumes=EmbeddedVolumes(config.storage_classes),
-            workers=LocalWorkers(os.path.join(data_dir, "workers")),
+            workers=LocalWorkers(
+                os.path.join(data_dir, "workers"),
+                isolate=config.worker_isolation and os.geteuid() == 0,
+                uid_base=config.worker_uid_base, uid_count=config.worker_uid_count,
+            ),
             config=config,
         )
         return cls(ctx)

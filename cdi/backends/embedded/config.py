@@ -10,6 +10,9 @@
     retryBackoffMaxSeconds: 60
     importerIdleTimeoutSeconds: 600
     importerMaxResumes: 5         # in-worker resumes (Range) before the worker gives up
+    workerIsolation: true         # workers confine themselves (see cdi.common.confinement)
+    workerUidBase: 1500000000     # workers run as uids in [base, base + count), one per worker
+    workerUidCount: 1000000
     upload:                       # optional; see cdi.api.upload.UploadConfig
       tokenTTLSeconds: 300        # (0, 3600]
 
@@ -63,6 +66,9 @@ class Config:
     importer_idle_timeout: float = 600.0
     importer_max_resumes: int = 5
     upload: UploadConfig = field(default_factory=UploadConfig)
+    worker_isolation: bool = True
+    worker_uid_base: int = 1_500_000_000
+    worker_uid_count: int = 1_000_000
 
     @property
     def default_storage_class(self) -> str | None:
@@ -128,6 +134,15 @@ class Config:
         overhead = num("filesystemOverhead", 0.06)
         if not 0 <= overhead < 1:
             raise PermanentError(f"{path}: filesystemOverhead must be in [0, 1), e.g. 0.06; got {overhead}")
+        isolation = raw.get("workerIsolation", True)
+        if not isinstance(isolation, bool):
+            raise PermanentError(f"{path}: workerIsolation must be true or false, got {isolation!r}")
+        uid_base, uid_count = int(num("workerUidBase", 1_500_000_000)), int(num("workerUidCount", 1_000_000))
+        if uid_base < 100_000 or uid_count < 1 or uid_base + uid_count > 2**32 - 2:
+            raise PermanentError(
+                f"{path}: workerUidBase/workerUidCount must name a range of ids no user of this machine has, "
+                f"above 100000 and below 4294967294 (e.g. 1500000000 and 1000000); got {uid_base} and {uid_count}"
+            )
         try:
             upload = UploadConfig.from_mapping(raw.get("upload"))
         except ValueError as e:
@@ -142,4 +157,7 @@ class Config:
             importer_idle_timeout=num("importerIdleTimeoutSeconds", 600),
             importer_max_resumes=int(num("importerMaxResumes", 5)),
             upload=upload,
+            worker_isolation=isolation,
+            worker_uid_base=uid_base,
+            worker_uid_count=uid_count,
         )

@@ -271,3 +271,33 @@ def test_an_upload_with_a_253_character_name_runs_confined_and_leaves_no_secret(
     assert "listening on unix:/tmp/cdi/run/upload.sock" in log or "listening on 127.0.0.1:" in log, log[-2000:]
     assert os.stat(env.disk_path(name)).st_uid >= 1_000_000  # the confined server wrote it
     assert not (wdir / "run" / "secrets").exists()  # the proxy's shared secret went with the server
+
+
+def test_isolation_can_be_turned_off_and_bad_settings_are_named(tmp_path, nginx, tmp_images, served_path):
+    from cdi.backends.embedded.config import Config
+    from cdi.common.errors import PermanentError
+    from cdi.controller import daemon
+    from tests.peers.cluster import make_cluster
+
+    raw = str(tmp_images / "disk.raw")
+    images.make_raw(raw, 1 * MiB, seed=38)
+    cluster = make_cluster(str(tmp_path / "cdi"))
+    with open(os.path.join(cluster.data_dir, "config.yaml"), "a") as f:
+        f.write("workerIsolation: false\n")
+    try:
+        cluster.apply(http_dv("open", f"{nginx.http_url}/{served_path(raw)}"))
+        dv = cluster.wait_phase("open")
+        assert dv["status"]["phase"] == "Succeeded", dv["status"]
+        assert os.stat(cluster.pvc("open")["metadata"]["annotations"][ann.DISK_PATH]).st_uid == 0
+        assert "workerIsolation is off" in Path(cluster.data_dir, "controller.log").read_text()
+        cluster.delete_all()
+    finally:
+        daemon.stop(cluster.data_dir)
+        cluster.store.close()
+    for bad, words in (("workerIsolation: maybe\n", "workerIsolation must be true or false"),
+                       ("workerUidBase: 1000\n", "workerUidBase/workerUidCount must name a range")):
+        d = tmp_path / f"bad{len(words)}"
+        d.mkdir(mode=0o700)
+        (d / "config.yaml").write_text(bad)
+        with pytest.raises(PermanentError, match=words):
+            Config.load(str(d))
