@@ -159,9 +159,11 @@ def convert(
 
     def drain() -> None:
         assert p.stderr is not None
-        stderr_chunks.append(p.stderr.read(64 << 10))
-        while p.stderr.read(64 << 10):  # keep draining, keep only the head
-            pass
+        kept = 0
+        while chunk := p.stderr.read(64 << 10):  # keep draining, keep only the first 64 KiB
+            if kept < 64 << 10:
+                stderr_chunks.append(chunk[: (64 << 10) - kept])
+                kept += len(stderr_chunks[-1])
 
     t = threading.Thread(target=drain, daemon=True)
     t.start()

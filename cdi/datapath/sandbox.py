@@ -156,6 +156,9 @@ class Jail:
         ``inside`` chooses that name (default: ``/run/cdi/N/<basename>``).
         """
         if not self.confined:
+            if host.startswith("/proc/self/"):  # our descriptor: the child needs one of its own
+                fd, _ = self._open(host)
+                return f"/proc/self/fd/{fd}"
             return host
         fd, st = self._open(host)
         inside = inside or self._inside(host)
