@@ -284,7 +284,8 @@ def check_vmdk(head: bytes) -> None:
 def _describe(d: Descriptor) -> str:
     parts = []
     if d.create_type is not None:
-        parts.append(f"createType {_show(d.create_type)}")
+        many = f" ({d.create_types} createType entries)" if d.create_types > 1 else ""
+        parts.append(f"createType {_show(d.create_type)}{many}")
     if d.extents:
         parts.append("extents " + "; ".join(str(e) for e in d.extents[:4]))
     return f" ({', '.join(parts)})" if parts else ""

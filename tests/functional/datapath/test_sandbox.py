@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from cdi.api.contract import BLOCK, ImportSettings, Outcome, Reason, WorkerResult
-from cdi.common.errors import TemporaryError
+from cdi.common.errors import PermanentError, TemporaryError
 from cdi.common.units import MiB
 from cdi.datapath import imagecheck, processor, qemu_img, sandbox
 from cdi.datapath.filesource import FileSource
@@ -90,7 +90,7 @@ def test_confined_qemu_img_cannot_use_a_data_file(tmp_path: Path, canary: Path) 
     crafted.make_canary(str(data), TOKEN, 1 * MiB)
     info = qemu_img.info(str(ext), "qcow2")
     assert info.data_file == str(data)
-    with pytest.raises(imagecheck.PermanentError) as refused:
+    with pytest.raises(PermanentError) as refused:
         imagecheck.check_info(info, "qcow2")
     assert refused.value.reason == Reason.UNSAFE_IMAGE
     out = tmp_path / "out.raw"
@@ -109,7 +109,7 @@ def test_unconfined_info_shows_the_extent_and_check_info_refuses_it(
     monkeypatch.setenv(sandbox.ENV_SWITCH, "off")
     info = qemu_img.info(str(attack_vmdk(tmp_path, canary)), "vmdk")
     assert info.extents == (str(canary),) and info.create_type == "monolithicFlat"
-    with pytest.raises(imagecheck.PermanentError) as e:
+    with pytest.raises(PermanentError) as e:
         imagecheck.check_info(info, "vmdk")
     assert e.value.reason == Reason.UNSAFE_IMAGE and str(canary) in e.value.message
 
@@ -271,9 +271,9 @@ def test_an_unprivileged_worker_with_an_inherited_target(supports_range: bool) -
             crafted.sparse_vmdk_with_descriptor(crafted.flat_descriptor(str(canary), 64), capacity=0))
         for name in ("ok", "evil"):
             (work / name).mkdir()
-        for p in [work, *work.iterdir()]:
-            if p.name != "host":
-                os.chown(p, NOBODY, NOBODY)
+        for owned in [work, *work.iterdir()]:
+            if owned.name != "host":
+                os.chown(owned, NOBODY, NOBODY)
         results = {}
         for name, img in (("ok", "d.vmdk"), ("evil", "attack.vmdk")):
             fd = os.open(work / name, os.O_RDONLY | os.O_DIRECTORY)
