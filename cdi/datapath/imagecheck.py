@@ -13,7 +13,7 @@ plainly self-contained; they read the headers the way qemu reads them (``block/v
   its one extent and reads ``parentFileNameHint``/``parentCID`` from the 10 KiB at offset 512.
   We require the embedded descriptor inside the head, createType ``monolithicSparse`` or
   ``streamOptimized``, exactly one extent line (parsed like qemu's ``sscanf``: any whitespace,
-  lines spanning newlines) that is ``RW <n> SPARSE "<name>"``, and no parent.
+  lines spanning newlines) that is ``RW|RDONLY <n> SPARSE "<name>"``, and no parent.
 - qcow2: a backing file, the external data file bit, a data-file header extension (even
   without the bit) and header extensions that run past the head are refused.
 - vdi: image types other than normal/fixed (undo, differencing) and parent UUIDs are refused.
@@ -80,6 +80,7 @@ ALLOWED_CREATE_TYPES = ("monolithicSparse", "streamOptimized")
 NO_PARENT_CID = 0xFFFFFFFF
 _WS = b" \t\n\v\f\r"  # C isspace()
 _ACCESS = ("RW", "RDONLY", "NOACCESS")
+SELF_ACCESS = ("RW", "RDONLY")  # some exporters write RDONLY for the one extent of a streamOptimized vmdk
 
 
 @dataclass(frozen=True)
@@ -270,7 +271,7 @@ def check_vmdk(head: bytes) -> None:
     extents = desc.extents
     ok = (
         len(extents) == 1
-        and extents[0].access == "RW"
+        and extents[0].access in SELF_ACCESS
         and extents[0].type == "SPARSE"
         and extents[0].matches == 4
         and (extents[0].sectors or 0) > 0

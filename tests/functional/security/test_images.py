@@ -124,6 +124,14 @@ def test_the_reported_vmdk_attack_is_refused_on_upload(env, tmp_path, canary):
     code, _out, err = env.cli("dv", "up-cli", "--image-path", str(img), "--size", "16Mi")
     assert code != 0 and "UnsafeImage" in err and "capacity 0" in err, err
     assert not os.path.exists(env.disk_path("up-cli"))
+    # a self-contained vmdk still uploads (scratch copy, then the confined qemu-img)
+    raw = tmp_path / "ok.raw"
+    images.make_raw(str(raw), 2 << 20, seed=33)
+    ok = tmp_path / "ok.vmdk"
+    crafted.qemu_img("convert", "-f", "raw", "-O", "vmdk", "-o", "subformat=streamOptimized", str(raw), str(ok))
+    code, out, err = env.cli("dv", "up-ok", "--image-path", str(ok), "--size", "16Mi")
+    assert code == 0, out + err
+    assert images.sha256_of(env.disk_path("up-ok"), 2 << 20) == images.sha256_of(str(raw))
     no_canary_bytes(env.data_dir)
     canary.assert_untouched()
 

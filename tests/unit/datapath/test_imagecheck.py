@@ -123,6 +123,8 @@ def test_a_sane_descriptor_passes_also_with_blank_lines_and_crlf() -> None:
     imagecheck.check_head(formats.VMDK, vmdk(SANE.replace(b"\n", b"\r\n")))
     stream = SANE.replace(b"monolithicSparse", b"streamOptimized")
     imagecheck.check_head(formats.VMDK, vmdk(stream))
+    # some exporters (VirtualBox OVA) mark the one extent of a streamOptimized vmdk read-only
+    imagecheck.check_head(formats.VMDK, vmdk(stream.replace(b"RW 6144", b"RDONLY 6144")))
 
 
 @pytest.mark.parametrize("ctype", ["monolithicFlat", "twoGbMaxExtentSparse", "twoGbMaxExtentFlat", "vmfs",
@@ -138,8 +140,8 @@ def test_other_create_types_are_refused(ctype: str) -> None:
     b'RW 4 VMFSSPARSE "other.vmdk"',
     b'RW 4 SESPARSE "other.vmdk"',
     b"RW 4 ZERO",
-    b'RDONLY 4 SPARSE "disk.vmdk"',
     b'NOACCESS 4 SPARSE "disk.vmdk"',
+    b'Rw 4 SPARSE "disk.vmdk"',
     b'RW 0 SPARSE "disk.vmdk"',
     b'RW 4 SPARSE "disk.vmdk" 0',
 ])
