@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
   qemu-utils nbdkit            # qemu-img/qemu-nbd; nbdkit with the curl plugin (random-access HTTP)
+  bubblewrap                   # bwrap: qemu-img and nbdkit run confined (cdi/datapath/sandbox.py)
   libnbd-bin                   # nbdcopy (a benchmark baseline)
   nginx apache2-utils openssl  # test and demo HTTP(S) server, htpasswd, certificates
   xz-utils zstd pigz gzip tar  # compressors (tests, benchmark baselines)

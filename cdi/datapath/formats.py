@@ -115,7 +115,7 @@ def unsafe_data_file(data_file: str) -> PermanentError:
 
 
 def check_header(fmt: str, head: bytes) -> HeaderFacts:
-    """Refuse what the header alone shows is unsafe (backing file, external data file)."""
+    """Refuse a backing file or the external data file bit; ``imagecheck.check_head`` does the rest."""
     facts = header_facts(fmt, head)
     if facts.backing_file:
         raise unsafe_backing(facts.backing_file)

@@ -1,4 +1,11 @@
-"""nbdkit as a child process serving a source read-only on a private unix socket."""
+"""nbdkit as a child process serving a source read-only on a private unix socket, confined.
+
+nbdkit runs in a ``sandbox.Jail`` holding its private directory (secrets it reads, the
+``sock/`` directory of its socket), for the ``file`` plugin the one file it serves
+(read-only), and for network plugins (curl) the network plus the ``/etc`` files name
+resolution and TLS read. qemu-img, in a jail of its own, sees only ``sock/`` (never the
+secrets next to it).
+"""
 
 from __future__ import annotations
 
@@ -12,11 +19,15 @@ import time
 from types import TracebackType
 
 from cdi.common.errors import TemporaryError
+from cdi.datapath import sandbox
 from cdi.datapath.source import NbdkitPlan
 
 log = logging.getLogger(__name__)
 
 START_TIMEOUT = 15.0
+SOCKET_DIR = "sock"  # inside the private directory: the only part qemu-img's jail binds
+PRIVATE_INSIDE = "/run/nbdkit"  # the private directory as nbdkit sees it when confined
+NETWORK_PLUGINS = ("curl",)
 
 
 class Nbdkit:
@@ -53,34 +64,57 @@ class Nbdkit:
         return f"nbd+unix:///?socket={self.socket}"
 
     def start(self) -> str:
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()  # no secret file outlives a failed start
+            raise
+
+    def _start(self) -> str:
         self.tmpdir = tempfile.mkdtemp(prefix="cdi-nbdkit-")
         os.chmod(self.tmpdir, 0o700)
         for path, content in self.plan.secret_files.items():
             fd = os.open(self._secret_path(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "wb") as f:
                 f.write(content)
-        self.socket = os.path.join(self.tmpdir, "nbd.sock")
-        argv = ["nbdkit", "--exit-with-parent", "-U", self.socket, "-r", "-f"]
-        argv += [f"--filter={f}" for f in self.filters]
-        argv += [self.plan.plugin, *(a.replace(self.SECRETS, self.tmpdir) for a in self.plan.args)]
-        if "retry" in self.filters:
-            argv.append("retry-exponential=no")  # linear, like CDI: the worker's restarts back off already
+        sock_dir = os.path.join(self.tmpdir, SOCKET_DIR)
+        os.mkdir(sock_dir, 0o700)
+        self.socket = os.path.join(sock_dir, "nbd.sock")
         self._log_path = os.path.join(self.tmpdir, "nbdkit.log")
-        with open(self._log_path, "wb") as logf:
-            self.proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=logf
-            )
+        with sandbox.Jail(network=self.plan.plugin in NETWORK_PLUGINS) as jail:
+            private = jail.file(self.tmpdir, writable=True, inside=PRIVATE_INSIDE)
+            socket = os.path.join(private, SOCKET_DIR, "nbd.sock")
+            args = [a.replace(self.SECRETS, private) for a in self.plan.args]
+            if self.plan.plugin == "file":
+                args = [self._bind_served_file(jail, a, private) for a in args]
+            if jail.network:
+                jail.etc(sandbox.NETWORK_ETC)
+            argv = ["nbdkit", "--exit-with-parent", "-U", socket, "-r", "-f"]
+            argv += [f"--filter={f}" for f in self.filters]
+            argv += [self.plan.plugin, *args]
+            if "retry" in self.filters:
+                argv.append("retry-exponential=no")  # linear, like CDI: the worker's restarts back off already
+            with open(self._log_path, "wb") as logf:
+                self.proc = subprocess.Popen(
+                    jail.command(argv), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=logf,
+                    pass_fds=jail.pass_fds,
+                )
         deadline = time.monotonic() + START_TIMEOUT
         while not os.path.exists(self.socket):
             if self.proc.poll() is not None:
                 err = self.log_tail()
-                self.stop()
                 raise TemporaryError(f"nbdkit exited during start ({self.plan.plugin} plugin): {err.strip()}")
             if time.monotonic() > deadline:
-                self.stop()
                 raise TemporaryError(f"nbdkit did not start within {START_TIMEOUT:.0f} s")
             time.sleep(0.01)
         return self.uri
+
+    @staticmethod
+    def _bind_served_file(jail: sandbox.Jail, arg: str, private: str) -> str:
+        """``file=PATH`` of the file plugin: PATH bound read-only (unless it is in our directory)."""
+        if not arg.startswith("file=") or arg[5:].startswith(private + "/"):
+            return arg
+        return "file=" + jail.file(arg[5:])
 
     def stop(self) -> None:
         if self.proc is not None:

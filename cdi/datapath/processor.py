@@ -31,7 +31,7 @@ from typing import Any
 from cdi.api.contract import BLOCK, ImportSettings, Outcome, Reason, WorkerResult
 from cdi.common.errors import CDIError, PermanentError, TemporaryError
 from cdi.common.units import MiB, human_bytes, round_down, round_up
-from cdi.datapath import archive, formats, qcow2stream, qemu_img, sparse, streams, xzpar
+from cdi.datapath import archive, formats, imagecheck, qcow2stream, qemu_img, sparse, streams, xzpar
 from cdi.datapath.nbdkit import Nbdkit
 from cdi.datapath.progress import ProgressReporter
 from cdi.datapath.source import Source, SourceInfo
@@ -377,6 +377,9 @@ class _Machine:
             fmt = job.fmt = formats.VHD
         if fmt in formats.CONTAINERS:
             facts = formats.check_header(fmt, job.head)
+            imagecheck.check_head(fmt, job.head)
+            if fmt == formats.VHDX and not job.layers and job.info.supports_range:
+                imagecheck.check_vhdx(self._read_at)  # its metadata lies beyond the head
             if facts.virtual_size:
                 self._check_fits(facts.virtual_size)
             if fmt == formats.QCOW2:
@@ -612,22 +615,23 @@ class _Machine:
         assert self.opened is not None
         self.opened.close()
         self.opened = None
+        if self.job.fmt == formats.VHDX:
+            with open(self.scratch_path, "rb") as f:
+                imagecheck.check_vhdx(lambda off, n: os.pread(f.fileno(), n, off))
         self._convert(self.scratch_path)
         return Phase.DONE
 
     def _convert(self, src: str) -> None:
+        """``qemu-img info`` (checked: nothing but the image itself is opened), then convert.
+
+        Both run confined (``sandbox``) on the image named with explicit options (``qemu_img``).
+        A Filesystem target is created here, sparse and of the usable size, so that qemu-img
+        writes into an existing file (``-n --target-is-zero``).
+        """
         job, s = self.job, self.s
         qfmt = formats.QEMU_FORMAT[job.fmt]
         info = qemu_img.info(src, qfmt)
-        if info.backing_filename:
-            raise formats.unsafe_backing(info.backing_filename)
-        if info.data_file:
-            raise formats.unsafe_data_file(info.data_file)
-        if info.extents and any(e != info.extents[0] for e in info.extents):
-            raise PermanentError(
-                "the vmdk refers to several extent files; CDI imports self-contained images only",
-                reason=Reason.UNSAFE_IMAGE,
-            )
+        imagecheck.check_info(info, job.fmt)
         job.virtual_size = info.virtual_size
         self._check_fits(info.virtual_size)
         total = info.virtual_size
@@ -638,14 +642,13 @@ class _Machine:
         job.reporter.update(0, total, "Converting", job.note)
         if s.volume_mode == BLOCK:
             assert s.block_device
-            qemu_img.convert(src, s.block_device, qfmt, existing_target=True, on_progress=on_progress)
+            qemu_img.convert(src, s.block_device, qfmt, on_progress=on_progress)
             target = sparse.Target.open_block(s.block_device)
             job.data_bytes = info.virtual_size
         else:
-            self._discard_target()
-            qemu_img.convert(src, self.part_path, qfmt, on_progress=on_progress)
-            fd = os.open(self.part_path, os.O_WRONLY | os.O_CLOEXEC)
-            target = sparse.Target(self.part_path, fd, info.virtual_size, False, True, s.preallocation)
+            target = sparse.Target.create_file(self.part_path, job.usable)
+            target.preallocated = s.preallocation  # applied by _commit_file, after qemu-img
+            qemu_img.convert(src, self.part_path, qfmt, target_is_zero=True, on_progress=on_progress)
             job.data_bytes = sparse.allocated_bytes(self.part_path)
         try:
             self._commit_file(target)

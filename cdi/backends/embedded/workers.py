@@ -60,7 +60,8 @@ PRELOAD: dict[str, tuple[str, ...]] = {
 
 # Only these variables of the controller's environment reach a worker (plus its own settings).
 _PASS_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "http_proxy", "https_proxy", "no_proxy",
-             "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "PYTHONPATH")
+             "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "PYTHONPATH",
+             "CDI_IMAGE_SANDBOX")  # cdi.datapath.sandbox.ENV_SWITCH
 
 RUN_DIR = naming.RUN_DIR
 SECRETS_DIR = "secrets"
