@@ -61,7 +61,8 @@ def is_html(head: bytes) -> bool:
         elif text.startswith("<?", pos):
             close = "?>"
         else:
-            return any(text.startswith(root, pos) and text[pos + 5 : pos + 6] in (">", "/", *_SPACE) for root in _ROOTS)
+            after = text[pos + 5 : pos + 6]  # what follows the tag name: it must end there
+            return after in (">", "/", *_SPACE) and any(text.startswith(root, pos) for root in _ROOTS)
         end = text.find(close, pos + 2)
         if end < 0:
             return False

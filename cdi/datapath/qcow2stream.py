@@ -321,15 +321,15 @@ class Decoder:
 
     def _too_long(self, what: str) -> Qcow2Error:
         return Qcow2Error(
-            f"{what}, more than a qcow2 image can span for a volume of {human_bytes(self.capacity)} "
-            f"({human_bytes(self.limit)}: the data plus all the metadata it can need); the image is "
-            "malformed or padded, or it has internal snapshots: check it with `qemu-img check` and "
-            "`qemu-img snapshot -l`, and import a compact copy made with `qemu-img convert -O qcow2`"
+            f"{what} past the {human_bytes(self.limit)} that a qcow2 image of up to "
+            f"{human_bytes(self.capacity)} (the volume's usable size) can span with all its metadata; the "
+            "image is malformed or padded, or it has internal snapshots: check it with `qemu-img check` "
+            "and `qemu-img snapshot -l`, and import a compact copy made with `qemu-img convert -O qcow2`"
         )
 
     def _add(self, kind: int, start: int, end: int, dest: int) -> None:
         if end > self.limit:
-            raise self._too_long(f"the qcow2 image has {KIND_NAMES[kind]} at byte {start} ({human_bytes(start)})")
+            raise self._too_long(f"the qcow2 image has {KIND_NAMES[kind]} at byte {start} ({human_bytes(start)}),")
         self._seq += 1
         need = _Need(start, self._seq, kind, end, dest, bytearray() if kind != DATA else None)
         if start < self.pos:
@@ -354,7 +354,7 @@ class Decoder:
             raise ValueError(f"feed at {pos}, expected {self.pos}")
         end = pos + len(view)
         if end > self.limit:
-            raise self._too_long(f"the qcow2 image goes on past {human_bytes(self.limit)}")
+            raise self._too_long("the qcow2 image goes on")
         cursor = pos  # bytes before this are accounted for (needed or spooled)
         heap = self._heap
         while heap and heap[0].start < end:

@@ -139,7 +139,9 @@ def trailing_bomb(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d / "bomb.qcow2.zst"
 
 
-def test_far_l2_table_behind_zero_padding_is_refused_at_once(far_l2: Path, vol: Path, spools) -> None:  # type: ignore[no-untyped-def]
+def test_far_l2_table_behind_zero_padding_is_refused_at_once(
+    far_l2: Path, vol: Path, spools: list[MeasuredSpool]
+) -> None:
     r = run(far_l2, settings(vol))
     assert_failed(vol, r, Reason.INVALID_IMAGE, "an L2 table at byte 1073741824 (1.0 GiB)", "qemu-img convert")
     assert r.details["path"] == "qcow2-stream"
@@ -152,7 +154,8 @@ def test_far_l2_decoder_stops_at_the_l1_table(far_l2: Path, tmp_path: Path) -> N
         head = rd.read(65536)
     dec, spool = decoder(tmp_path, head)
     try:
-        with pytest.raises(qcow2stream.Qcow2Error, match=r"an L2 table at byte 1073741824 .*more than a qcow2 image can span"):
+        too_far = r"an L2 table at byte 1073741824 .*, past the .* that a qcow2 image of up to 7.0 MiB"
+        with pytest.raises(qcow2stream.Qcow2Error, match=too_far):
             feed_zst(dec, far_l2, chunk=4096)
         assert dec.pos <= 3 * CS  # the header and the L1 table, no more
         assert spool.max_allocated <= CS
@@ -170,7 +173,9 @@ def test_far_l1_table_is_refused_before_reading(tmp_path: Path) -> None:
         decoder(tmp_path, head)
 
 
-def test_zero_padding_before_the_tables_stays_a_hole_in_the_spool(tmp_path: Path, vol: Path, spools) -> None:  # type: ignore[no-untyped-def]
+def test_zero_padding_before_the_tables_stays_a_hole_in_the_spool(
+    tmp_path: Path, vol: Path, spools: list[MeasuredSpool]
+) -> None:
     """Tables after 18 MiB of zeros (inside the limit): the spool covers them but allocates no zeros."""
     data = random.Random(3).randbytes(CS)
     c = Craft(4 * MiB, l1_offset=18 * MiB, l2={0: 18 * MiB + CS})
@@ -201,7 +206,7 @@ def test_junk_before_the_tables_is_bounded_by_the_volume(tmp_path: Path) -> None
     dec, spool = decoder(tmp_path, data[:65536], USABLE)
     assert dec.limit == limit
     try:
-        with pytest.raises(qcow2stream.Qcow2Error, match="goes on past"):
+        with pytest.raises(qcow2stream.Qcow2Error, match="goes on past the"):
             for pos in range(0, len(data), 1 << 20):
                 dec.feed(pos, memoryview(data)[pos : pos + (1 << 20)])
         assert dec.pos <= limit
@@ -214,13 +219,13 @@ def test_junk_before_the_tables_is_bounded_by_the_volume(tmp_path: Path) -> None
 def test_decompression_bomb_after_the_last_table(trailing_bomb: Path, tmp_path: Path, vol: Path) -> None:
     bomb = trailing_bomb
     r = run(bomb, settings(vol))
-    assert_failed(vol, r, Reason.INVALID_IMAGE, "goes on past", "qemu-img snapshot -l")
+    assert_failed(vol, r, Reason.INVALID_IMAGE, "goes on past the", "qemu-img snapshot -l")
     # the decoder got all the data, then read on only up to the limit
     with open(bomb, "rb") as f, zstandard.ZstdDecompressor().stream_reader(f) as rd:
         head = rd.read(65536)
     dec, spool = decoder(tmp_path, head, USABLE)
     try:
-        with pytest.raises(qcow2stream.Qcow2Error, match="goes on past"):
+        with pytest.raises(qcow2stream.Qcow2Error, match="goes on past the"):
             feed_zst(dec, bomb)
         assert dec.pos <= dec.limit < 32 * MiB
         assert spool.max_allocated <= MiB  # the header and refcount clusters, never the zeros
@@ -266,7 +271,9 @@ def test_l1_entries_sharing_an_l2_table_are_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("how", ["resize", "amend"])
-def test_legit_tables_after_the_data_import_within_the_bound(tmp_path: Path, vol: Path, spools, how: str) -> None:  # type: ignore[no-untyped-def]
+def test_legit_tables_after_the_data_import_within_the_bound(
+    tmp_path: Path, vol: Path, spools: list[MeasuredSpool], how: str
+) -> None:
     raw = tmp_path / "src.raw"
     images.make_raw(str(raw), 6 * MiB, seed=9)
     src = tmp_path / "img.qcow2"
