@@ -717,10 +717,12 @@ class _Machine:
             None,
             job.usable,
             None,
-            f"DataVolume too small: the {job.fmt} image file is {size}, more than a volume of usable "
-            f"size {human_bytes(job.usable)} can take with its metadata ({human_bytes(limit)}); its "
-            "virtual size is not known before it is converted: `qemu-img info <file>` shows it, then "
-            "request a volume that holds it (with spec.pvc, add the filesystem overhead)",
+            f"DataVolume too small: the {job.fmt} image file is {size}, more than an image for a volume "
+            f"of usable size {human_bytes(job.usable)} takes with its metadata ({human_bytes(limit)}); a "
+            f"{job.fmt}'s virtual size is not known before it is converted: `qemu-img info <file>` shows "
+            "it. If it is larger, request a volume that holds it (with spec.pvc, add the filesystem "
+            "overhead); if not, the file is padded or holds more than the disk: import a compact copy "
+            "made with `qemu-img convert`",
         )
 
     def convert_scratch(self) -> Phase:

@@ -414,6 +414,21 @@ def test_scratch_overflow_of_a_padded_container_is_invalid(tmp_path: Path, vol: 
     assert_failed(vol, r, Reason.INVALID_IMAGE, "the vmdk image file is 100.0 MiB", "virtual size 4.0 MiB")
 
 
+def test_scratch_overflow_of_a_vhdx_says_how_to_learn_its_size(tmp_path: Path, vol: Path) -> None:
+    """A vhdx's header does not tell its virtual size: the message says how to find out."""
+    raw = tmp_path / "src.raw"
+    images.make_raw(str(raw), 4 * MiB, seed=14)
+    vhdx = tmp_path / "img.vhdx"
+    images.convert(str(raw), str(vhdx), "vhdx")
+    with open(vhdx, "r+b") as f:
+        f.truncate(100 * MiB)
+    images.compress(str(vhdx), f"{vhdx}.zst", "zst")
+    r = run(f"{vhdx}.zst", settings(vol))
+    assert_failed(vol, r, Reason.TOO_SMALL, "the vhdx image file is 100.0 MiB", "qemu-img info <file>",
+                  "if not, the file is padded")
+    assert r.required_capacity is None and "request at least" not in r.message
+
+
 def test_spool_reads_back_what_it_kept(tmp_path: Path) -> None:
     """Zero runs are holes, data is kept, a run that ends in zeros still reads back in full."""
     sp = qcow2stream.Spool(lambda: str(tmp_path / "spool"))
