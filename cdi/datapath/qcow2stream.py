@@ -23,9 +23,10 @@ Bounds (a hostile image must not make the decoder write, read or hold much more 
   largest metadata a qcow2 of that size can have (L1, L2 and 64-bit refcount tables) and a slack
   for header extensions, bitmaps and a few leaked clusters. A table entry that points past it is
   refused as soon as the table is parsed (a far L2 table behind gigabytes of compressed zero
-  padding is refused before the padding is downloaded), and the stream is not read past it:
-  trailing bytes (refcount blocks, a snapshot table, a decompression bomb after the last table)
-  are read, for a checksum and to the end of an upload, only up to that same limit. A legitimate
+  padding is refused before the padding is downloaded), and the stream is not read past it.
+  Bytes after the last one needed (refcount blocks, a snapshot table, a decompression bomb) are
+  still read, because a checksum covers every byte, an upload's body is read to its end and a
+  compression layer checks its data at its end, but only up to that same limit. A legitimate
   image without internal snapshots is never that long; one whose snapshots make it longer fails
   with advice (delete the snapshots or write a copy with ``qemu-img convert``); served plainly
   with Range and no checksum, such an image goes through nbdkit instead and reads only what it
@@ -34,9 +35,10 @@ Bounds (a hostile image must not make the decoder write, read or hold much more 
   file reads zeros there), but they count: what it may cover is bounded, not just what it
   allocates.
 - Memory: the bytes collected for tables and compressed clusters at a time are capped
-  (``MAX_BUFFERED``; compressed clusters that overlap one another are not an image), two L1
-  entries may not share an L2 table, and about one L2 table's worth of needs is pending for
-  images in order.
+  (``MAX_BUFFERED``: a real image has one table and a compressed cluster or two in flight; many
+  at once means they overlap one another), two L1 entries may not share an L2 table, and about
+  one L2 table's worth of needs is pending for images in order (the heap of needs itself grows
+  with the virtual size over the cluster size for images whose tables all come first).
 
 Images the decoder cannot stream (extended L2 entries, encryption, unknown incompatible
 features) are named by ``not_streamable`` so that the caller can use qemu-img instead.
