@@ -231,7 +231,9 @@ class WorkerResult:
     message: str
     virtual_size: int | None = None  # the image's virtual (decoded) size
     usable_size: int | None = None  # what the volume can hold after filesystem overhead
-    required_capacity: int | None = None  # the smallest volume capacity that would fit
+    # the smallest volume capacity that would fit; None when none is known (e.g. a stream counted
+    # only up to a bound: virtual_size is then a lower bound and the message says how to measure)
+    required_capacity: int | None = None
     bytes_transferred: int = 0  # bytes read from the source (as served)
     bytes_written: int = 0  # data bytes written to the target (holes excluded)
     preallocation_applied: bool = False

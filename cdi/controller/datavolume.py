@@ -262,7 +262,9 @@ class DataVolumeController:
 
         if result is not None and result.outcome == Outcome.PERMANENT:
             message = result.message
-            if result.reason == Reason.TOO_SMALL:
+            if result.reason == Reason.TOO_SMALL and result.required_capacity is not None:
+                # worded for this DataVolume's API form; without a capacity known to fit, the
+                # worker's message (how to learn the image's size) stands
                 message = too_small_message(req, result.virtual_size, result.usable_size)
             self._update_claim(pvc, {ann.POD_PHASE: "Failed"})
             self._fail(dv, status, result.reason, message)

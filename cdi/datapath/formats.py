@@ -6,7 +6,6 @@ format qemu-img converts (qcow2, vmdk, vdi, vhd, vhdx), a tar, an iso, HTML, or 
 
 from __future__ import annotations
 
-import re
 import struct
 from dataclasses import dataclass
 
@@ -23,7 +22,51 @@ QEMU_FORMAT = {QCOW2: "qcow2", VMDK: "vmdk", VDI: "vdi", VHD: "vpc", VHDX: "vhdx
 
 HEAD_SIZE = 64 * 1024  # enough for every magic (iso: 0x8001 + 5)
 
-_HTML = re.compile(rb"^\s*(<!doctype\s+html|<html)", re.IGNORECASE)
+HTML_WINDOW = 2048  # bytes of the head looked at for an HTML page (after a byte order mark)
+_BOMS = ((b"\xef\xbb\xbf", "utf-8"), (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be"))
+_ROOTS = ("<html", "<head", "<body")  # an HTML page's first element (the others are optional)
+_SPACE = " \t\r\n\f"
+
+
+def is_html(head: bytes) -> bool:
+    """Does ``head`` start an HTML page (an error or login page served instead of an image)?
+
+    Skips what may come before the first element of an HTML or XHTML page: a byte order mark
+    (UTF-8, or UTF-16 whose text is then decoded as such), white space, comments, an XML
+    declaration or processing instructions, and DOCTYPEs other than HTML's; then wants
+    ``<!DOCTYPE html`` or an ``<html``, ``<head`` or ``<body`` tag. Each construct must be closed
+    within the first ``HTML_WINDOW`` bytes, so random bytes that start with '<' are not HTML
+    unless they spell one out. One forward scan, no backtracking.
+    """
+    encoding = "utf-8"
+    for bom, enc in _BOMS:
+        if head.startswith(bom):
+            head, encoding = head[len(bom) :], enc
+            break
+    window = head[:HTML_WINDOW]
+    if encoding != "utf-8":
+        window = window[: len(window) // 2 * 2]
+    text = window.decode(encoding, errors="replace").lower()
+    pos = 0
+    while True:
+        while pos < len(text) and text[pos] in _SPACE:
+            pos += 1
+        if text.startswith("<!doctype", pos):
+            rest = text[pos + 9 :].lstrip(_SPACE)
+            if len(rest) < len(text) - pos - 9 and rest.startswith("html") and rest[4:5] in (">", *_SPACE):
+                return True
+            close = ">"
+        elif text.startswith("<!--", pos):
+            close = "-->"
+        elif text.startswith("<?", pos):
+            close = "?>"
+        else:
+            after = text[pos + 5 : pos + 6]  # what follows the tag name: it must end there
+            return after in (">", "/", *_SPACE) and any(text.startswith(root, pos) for root in _ROOTS)
+        end = text.find(close, pos + 2)
+        if end < 0:
+            return False
+        pos = end + len(close)
 
 
 def sniff(head: bytes) -> str:
@@ -50,7 +93,7 @@ def sniff(head: bytes) -> str:
         return TAR
     if head[0x8001:0x8006] == b"CD001":
         return ISO
-    if _HTML.match(head[:1024]):
+    if is_html(head):
         return HTML
     return RAW
 

@@ -12,6 +12,15 @@ detects the format and walks explicit phases::
 Expected failures never escape: ``CDIError`` becomes a TEMPORARY/PERMANENT result with the
 error's reason. Filesystem targets are written as ``disk.img.part`` and renamed to ``disk.img``
 only once complete, resized and synced.
+
+Bounds: nothing the source sends makes the data path write much more than the volume can hold.
+The target takes at most the usable size; the qcow2 spool covers at most the longest qcow2 file
+for that size (``qcow2stream.max_file_size``); the scratch copy of a container at most
+``scratch_limit(usable)``. An empty source (0 bytes, or compressed data that holds none) fails
+as NotAnImage instead of making a blank disk. A stream that overflows the target is read on,
+counting and writing nothing, for at most ``COUNT_SECONDS`` and ``COUNT_BYTES``, so that the
+DataVolumeTooSmall message names a capacity that fits; past that budget it says "more than"
+and how to learn the size instead.
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ from typing import Any
 
 from cdi.api.contract import BLOCK, ImportSettings, Outcome, Reason, WorkerResult
 from cdi.common.errors import CDIError, PermanentError, TemporaryError
-from cdi.common.units import MiB, human_bytes, round_down, round_up
+from cdi.common.units import MiB, format_quantity, human_bytes, round_down, round_up
 from cdi.datapath import archive, formats, imagecheck, qcow2stream, qemu_img, sparse, streams, xzpar
 from cdi.datapath.nbdkit import Nbdkit
 from cdi.datapath.progress import ProgressReporter
@@ -41,6 +50,17 @@ log = logging.getLogger(__name__)
 PART_SUFFIX = ".part"
 ARCHIVE = "archive"
 RESUME_BACKOFF = 0.5  # seconds, times the resumes so far
+# After an overflow: how long, and how far, a stream is read on to learn its size. Counting
+# writes nothing; it costs the download of the rest and its decompression (gz and zst decode
+# gigabytes per second, xz a few hundred MB/s), and gives way to the first error.
+COUNT_SECONDS = 60.0
+COUNT_BYTES = 1 << 40
+SCRATCH_SLACK = 64 * MiB
+MEASURE_HINTS = {
+    formats.XZ: "`xz -l <file>` shows it (Uncompressed)",
+    formats.ZST: "`zstd -lv <file>` shows it (Decompressed Size; if unknown, `zstd -dc <file> | wc -c` counts it)",
+    formats.GZ: "`zcat <file> | wc -c` counts it (`gzip -l` is wrong above 4 GiB)",
+}
 
 
 class Phase(enum.Enum):
@@ -56,21 +76,49 @@ class Phase(enum.Enum):
 
 
 class TooSmallError(PermanentError):
-    """The image does not fit the volume; carries the sizes for the result."""
+    """The image does not fit the volume; carries the sizes for the result.
+
+    ``required_capacity`` is None when no capacity is known to fit (the image's size is only
+    known as a lower bound): the message then says how to learn the size instead, and the
+    controller keeps it rather than wording a "request at least" of its own.
+    """
 
     reason = Reason.TOO_SMALL
 
     def __init__(
-        self, virtual_size: int, usable_size: int, required_capacity: int, at_least: bool = False
+        self, virtual_size: int | None, usable_size: int, required_capacity: int | None, message: str = ""
     ) -> None:
-        what = f"more than {human_bytes(virtual_size)}" if at_least else human_bytes(virtual_size)
-        super().__init__(
-            f"DataVolume too small: image virtual size {what}, usable {human_bytes(usable_size)}; "
-            f"request at least {human_bytes(required_capacity)}"
-        )
+        if not message:
+            assert virtual_size is not None and required_capacity is not None
+            message = (
+                f"DataVolume too small: image virtual size {human_bytes(virtual_size)}, usable "
+                f"{human_bytes(usable_size)}; request at least {format_quantity(required_capacity)}"
+            )
+        super().__init__(message)
         self.virtual_size = virtual_size
         self.usable_size = usable_size
         self.required_capacity = required_capacity
+
+
+def scratch_limit(usable: int) -> int:
+    """The most a container image (vmdk, vdi, vhd, vhdx, qcow2 for qemu-img) is let take in scratch.
+
+    Its virtual size is at most ``usable``; its file is that data plus metadata: at most about an
+    eighth more for the worst layouts qemu-img reads (streamOptimized vmdk with 4 KiB grains, each
+    padded to a sector; small-block vhd with a bitmap sector per block), far less for the usual
+    ones (1/4096 for vhd, 1/8192 for vmdk and qcow2 at their default sizes). A quarter leaves room
+    for both; ``SCRATCH_SLACK`` covers the fixed regions (vhdx log and metadata, a LUKS header).
+    """
+    return usable + usable // 4 + SCRATCH_SLACK
+
+
+def _measure_hint(layers: list[str]) -> str:
+    """How a user learns the decoded size of a stream with these compression layers."""
+    if not layers:
+        return "check the image's size (its file size, or `qemu-img info`)"
+    if len(layers) == 1:
+        return MEASURE_HINTS[layers[0]]
+    return "decompress it and check its size"
 
 
 def usable_size(settings: ImportSettings) -> int:
@@ -218,6 +266,7 @@ class _Machine:
         self.opened: _Opened | None = None
         self.scratch_dir: str | None = None
         self.scratch_path = ""
+        self.header_virtual_size: int | None = None  # a container's virtual size, from its header
 
     # --- driver -----------------------------------------------------------------------------
 
@@ -303,10 +352,25 @@ class _Machine:
                 f"checksum mismatch: expected {algo}:{want}, got {algo}:{got}", reason=Reason.CHECKSUM_ERROR
             )
 
-    def _check_fits(self, virtual: int, at_least: bool = False) -> None:
+    def _check_fits(self, virtual: int) -> None:
         job = self.job
         if virtual > job.usable:
-            raise TooSmallError(virtual, job.usable, required_capacity(virtual, self.s), at_least)
+            raise TooSmallError(virtual, job.usable, required_capacity(virtual, self.s))
+
+    def _too_small(self, e: sparse.Overflow) -> TooSmallError:
+        """The image stream overflowed the usable size: its true size, or how to learn it."""
+        job = self.job
+        if e.complete:
+            return TooSmallError(e.produced, job.usable, required_capacity(e.produced, self.s))
+        return TooSmallError(
+            e.produced,
+            job.usable,
+            None,
+            f"DataVolume too small: the image is more than {human_bytes(e.produced)} ({e.produced} bytes), "
+            f"usable {human_bytes(job.usable)}; its full size is not known ({e.stopped}): "
+            f"{_measure_hint(job.layers)}, then request a volume that holds it (with spec.pvc, add the "
+            "filesystem overhead)",
+        )
 
     def _discard_target(self) -> None:
         if self.s.volume_mode != BLOCK and self.s.data_dir:
@@ -354,6 +418,8 @@ class _Machine:
         fmt = job.fmt
         log.info("source %s: %s", job.info.description, _describe(job))
 
+        if not job.head:
+            raise self._empty()
         if fmt == formats.HTML:
             raise PermanentError(
                 "the server returned an HTML page, not a disk image; check the URL",
@@ -382,6 +448,7 @@ class _Machine:
                 imagecheck.check_vhdx(self._read_at)  # its metadata lies beyond the head
             if facts.virtual_size:
                 self._check_fits(facts.virtual_size)
+                self.header_virtual_size = facts.virtual_size
             if fmt == formats.QCOW2:
                 phase = self._qcow2_path()
                 if phase is not None:
@@ -398,6 +465,21 @@ class _Machine:
             job.virtual_size = job.info.size
             self._check_fits(job.info.size)
         return Phase.STREAM_RAW
+
+    def _empty(self) -> PermanentError:
+        job = self.job
+        if job.layers:
+            what = (
+                f"the source is {'+'.join(job.layers[::-1])} compressed data that decompresses to "
+                "nothing (0 bytes)"
+            )
+        else:
+            what = "the source is empty (0 bytes)"
+        return PermanentError(
+            f"{what}; there is no image to import: check that the URL serves the image file (or upload "
+            "the image file itself)",
+            reason=Reason.NOT_AN_IMAGE,
+        )
 
     def _qcow2_path(self) -> Phase | None:
         """Decode a qcow2 in one pass unless the decoder cannot (None: qemu-img's paths)."""
@@ -442,9 +524,15 @@ class _Machine:
             return "the source cannot be served through nbdkit"
         return ""
 
+    def _count_budget(self) -> sparse.CountBudget:
+        return sparse.CountBudget(COUNT_SECONDS, COUNT_BYTES)
+
     def _stream_with_resume(self, target: sparse.Target, limit: int) -> int:
-        """Pump the opened stream into ``target``, resuming after transient errors; returns the end."""
-        job, s = self.job, self.s
+        """Pump the opened stream into ``target``, resuming after transient errors; returns the end.
+
+        Raises ``sparse.Overflow`` (counted on within the budget) past ``limit``.
+        """
+        job = self.job
         assert self.opened is not None
         out_pos = 0
 
@@ -456,15 +544,13 @@ class _Machine:
             opened = self.opened
             assert opened is not None
             try:
-                result = sparse.pump(opened.top, target, out_pos, limit, on_written)
+                result = sparse.pump(opened.top, target, out_pos, limit, on_written, self._count_budget())
                 job.transferred += opened.served
                 job.data_bytes = target.data_bytes
                 return result.end
-            except sparse.Overflow as e:
+            except sparse.Overflow:
                 job.transferred += opened.served
-                raise TooSmallError(
-                    e.produced, job.usable, required_capacity(e.produced, s), at_least=True
-                ) from None
+                raise
             except TemporaryError as e:
                 job.transferred += opened.served
                 opened.close()
@@ -512,7 +598,10 @@ class _Machine:
         job.path = "stream"
         target = self._open_target()
         try:
-            end = self._stream_with_resume(target, job.usable)
+            try:
+                end = self._stream_with_resume(target, job.usable)
+            except sparse.Overflow as e:
+                raise self._too_small(e) from None
             if job.virtual_size is None:
                 job.virtual_size = end
             self._verify_checksum()
@@ -530,7 +619,7 @@ class _Machine:
         spool = qcow2stream.Spool(self._spool_path)
         decoder: qcow2stream.Decoder | None = None
         try:
-            decoder = qcow2stream.Decoder(header, target, spool)
+            decoder = qcow2stream.Decoder(header, target, spool, job.usable)
             while True:
                 opened = self.opened
                 assert opened is not None
@@ -557,7 +646,7 @@ class _Machine:
                         decoder.close()
                         spool.close()
                         spool = qcow2stream.Spool(self._spool_path)
-                        decoder = qcow2stream.Decoder(header, target, spool)
+                        decoder = qcow2stream.Decoder(header, target, spool, job.usable)
             decoder.finish()
             job.data_bytes = target.data_bytes
             if decoder.spooled_used:
@@ -602,14 +691,42 @@ class _Machine:
         self.scratch_path = os.path.join(self.scratch_dir, f"image.{job.fmt}")
         scratch = sparse.Target.create_file(self.scratch_path, 0)
         try:
-            limit = job.usable + job.usable // 4 + 64 * MiB
-            end = self._stream_with_resume(scratch, limit)
+            limit = scratch_limit(job.usable)
+            try:
+                end = self._stream_with_resume(scratch, limit)
+            except sparse.Overflow as e:
+                raise self._scratch_overflow(e, limit) from None
             scratch.finish_size(end)
             job.data_bytes = 0  # the target's data is counted after the convert
         finally:
             scratch.close()
         self._verify_checksum()
         return Phase.CONVERT_SCRATCH
+
+    def _scratch_overflow(self, e: sparse.Overflow, limit: int) -> PermanentError:
+        """A container file longer than ``scratch_limit``: malformed, or (size unknown) too large."""
+        job = self.job
+        size = f"{human_bytes(e.produced)}" if e.complete else f"more than {human_bytes(e.produced)}"
+        if self.header_virtual_size is not None:  # checked against the usable size already
+            return PermanentError(
+                f"the {job.fmt} image file is {size}, more than an image of virtual size "
+                f"{human_bytes(self.header_virtual_size)} can need (at most {human_bytes(limit)} with "
+                "its metadata); it is malformed or padded, or holds more than the current disk (e.g. "
+                "internal snapshots): check it with `qemu-img check` and import a compact copy made with "
+                "`qemu-img convert`",
+                reason=Reason.INVALID_IMAGE,
+            )
+        return TooSmallError(
+            None,
+            job.usable,
+            None,
+            f"DataVolume too small: the {job.fmt} image file is {size}, more than an image for a volume "
+            f"of usable size {human_bytes(job.usable)} takes with its metadata ({human_bytes(limit)}); a "
+            f"{job.fmt}'s virtual size is not known before it is converted: `qemu-img info <file>` shows "
+            "it. If it is larger, request a volume that holds it (with spec.pvc, add the filesystem "
+            "overhead); if not, the file is padded or holds more than the disk: import a compact copy "
+            "made with `qemu-img convert`",
+        )
 
     def convert_scratch(self) -> Phase:
         assert self.opened is not None

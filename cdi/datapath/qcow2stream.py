@@ -16,7 +16,30 @@ it still needs (the L1 table, L2 tables, data runs, compressed clusters), keyed 
   the read position are then served from the spool. Images laid out in order spool only a few
   refcount clusters; the rest is reported as scratch use (``spooled_used``).
 
-Memory is bounded by the pending needs: about one L2 table's worth for images in order.
+Bounds (a hostile image must not make the decoder write, read or hold much more than the volume):
+
+- The file may be at most ``max_file_size(header, capacity)`` bytes long, ``capacity`` being the
+  guest data the volume can take (its usable size): every cluster of that much data once, plus the
+  largest metadata a qcow2 of that size can have (L1, L2 and 64-bit refcount tables) and a slack
+  for header extensions, bitmaps and a few leaked clusters. A table entry that points past it is
+  refused as soon as the table is parsed (a far L2 table behind gigabytes of compressed zero
+  padding is refused before the padding is downloaded), and the stream is not read past it.
+  Bytes after the last one needed (refcount blocks, a snapshot table, a decompression bomb) are
+  still read, because a checksum covers every byte, an upload's body is read to its end and a
+  compression layer checks its data at its end, but only up to that same limit. A legitimate
+  image without internal snapshots is never that long; one whose snapshots make it longer fails
+  with advice (delete the snapshots or write a copy with ``qemu-img convert``); served plainly
+  with Range and no checksum, such an image goes through nbdkit instead and reads only what it
+  needs.
+- So the spool holds only bytes below that limit. Zero runs are not written into it (the sparse
+  file reads zeros there), but they count: what it may cover is bounded, not just what it
+  allocates.
+- Memory: the bytes collected for tables and compressed clusters at a time are capped
+  (``MAX_BUFFERED``: a real image has one table and a compressed cluster or two in flight; many
+  at once means they overlap one another), two L1 entries may not share an L2 table, and about
+  one L2 table's worth of needs is pending for images in order (the heap of needs itself grows
+  with the virtual size over the cluster size for images whose tables all come first).
+
 Images the decoder cannot stream (extended L2 entries, encryption, unknown incompatible
 features) are named by ``not_streamable`` so that the caller can use qemu-img instead.
 """
@@ -39,6 +62,7 @@ from typing import Any
 
 from cdi.api.contract import Reason
 from cdi.common.errors import PermanentError
+from cdi.common.units import human_bytes
 from cdi.datapath import sparse
 
 log = logging.getLogger(__name__)
@@ -54,6 +78,9 @@ ZLIB, ZSTD = 0, 1
 MAX_TABLE = 32 << 20  # an L1 table larger than this is not a sane image (4 PiB at 64 KiB clusters)
 INFLATE_THREADS = 2  # zlib and zstd release the GIL: compressed clusters inflate in parallel
 INFLATE_INFLIGHT = 64  # compressed clusters queued or inflating at once (bounds memory)
+SLACK = 16 << 20  # header extensions, a snapshot table, bitmaps, leaked clusters (see max_file_size)
+SEGMENT = 64 << 10  # zero detection granularity of the spool
+_ZEROS = bytearray(SEGMENT)  # bytearray == memoryview is a memcmp
 
 
 class Qcow2Error(PermanentError):
@@ -109,6 +136,26 @@ def parse_header(head: bytes) -> Header:
     return Header(version, cluster_bits, size, crypt, l1_size, l1_off, nb_snapshots, incompatible, compression)
 
 
+def max_file_size(h: Header, capacity: int) -> int:
+    """The longest a qcow2 file with ``h``'s cluster size and L1 table can legitimately be when it
+    maps at most ``capacity`` bytes of guest data and has no internal snapshots.
+
+    Every data cluster once, the header cluster, the L1 table (the header's; ``parse_header``
+    caps it at ``MAX_TABLE``), one L2 table per ``l2_entries`` data clusters, refcount blocks at
+    the widest refcount width (8 bytes per host cluster, twice over as the blocks count
+    themselves) and their table; then ``capacity // 256`` for persistent bitmaps and eight
+    clusters plus ``SLACK`` for header extensions, a snapshot table and leaked clusters.
+    """
+    cs = h.cluster_size
+    data = -(-capacity // cs)
+    l2 = -(-data // h.l2_entries)
+    l1 = -(-max(h.l1_size, l2) * 8 // cs)
+    meta = 1 + l1 + l2
+    blocks = 2 * -(-(data + meta) * 8 // cs)
+    table = -(-blocks * 8 // cs)
+    return (data + meta + blocks + table + 8) * cs + capacity // 256 + SLACK
+
+
 def not_streamable(h: Header) -> str:
     """Why ``h`` cannot be decoded here ("" if it can)."""
     if h.crypt_method:
@@ -128,6 +175,8 @@ def not_streamable(h: Header) -> str:
 
 # need kinds, in the order they are handled when several start at the same offset
 L1, L2, DATA, CZ = 0, 1, 2, 3
+KIND_NAMES = {L1: "its L1 table", L2: "an L2 table", DATA: "a data cluster", CZ: "a compressed cluster"}
+MAX_BUFFERED = MAX_TABLE + (16 << 20)  # bytes collected for pending tables/compressed clusters
 
 
 @dataclass(order=True)
@@ -141,24 +190,43 @@ class _Need:
 
 
 class Spool:
-    """Bytes kept at their host offset in a sparse file, made on first use."""
+    """Bytes kept at their host offset in a sparse file, made on first use.
+
+    Zero segments are not written: the file reads zeros there (a hole). ``covered`` counts every
+    byte kept, zeros included; what the file allocates is at most that.
+    """
 
     def __init__(self, make_path: Callable[[], str]) -> None:
         self._make_path = make_path
         self.path = ""
         self._fd = -1
+        self._size = 0  # the file's size (grown with ftruncate when it ends in a zero run)
         self._ranges: list[list[int]] = []  # sorted, merged [start, end)
 
     def put(self, offset: int, view: memoryview) -> None:
-        if not len(view):
+        n = len(view)
+        if not n:
             return
         if self._fd < 0:
             self.path = self._make_path()
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        end = offset + len(view)
-        done = 0
-        while done < len(view):
-            done += os.pwrite(self._fd, view[done:], offset + done)
+        end = offset + n
+        seg = 0
+        data_start = -1  # start of the pending run of non-zero segments
+        while seg < n:
+            seg_end = min(n, seg + SEGMENT - (offset + seg) % SEGMENT)
+            if (_ZEROS if seg_end - seg == SEGMENT else bytearray(seg_end - seg)) == view[seg:seg_end]:
+                if data_start >= 0:
+                    self._write(offset + data_start, view[data_start:seg])
+                    data_start = -1
+            elif data_start < 0:
+                data_start = seg
+            seg = seg_end
+        if data_start >= 0:
+            self._write(offset + data_start, view[data_start:n])
+        if end > self._size:
+            os.ftruncate(self._fd, end)
+            self._size = end
         r = self._ranges
         if r and r[-1][1] == offset:  # the usual case: right after the last piece
             r[-1][1] = end
@@ -176,6 +244,22 @@ class Spool:
             else:
                 j += 1
 
+    def _write(self, offset: int, view: memoryview) -> None:
+        done = 0
+        while done < len(view):
+            done += os.pwrite(self._fd, view[done:], offset + done)
+        self._size = max(self._size, offset + len(view))
+
+    @property
+    def covered(self) -> int:
+        """Bytes kept (zero runs included)."""
+        return sum(end - start for start, end in self._ranges)
+
+    @property
+    def allocated(self) -> int:
+        """Bytes of disk the spool file uses."""
+        return os.fstat(self._fd).st_blocks * 512 if self._fd >= 0 else 0
+
     def covers(self, start: int, end: int) -> bool:
         i = bisect.bisect(self._ranges, [start, end + 1]) - 1
         return i >= 0 and self._ranges[i][0] <= start and self._ranges[i][1] >= end
@@ -186,7 +270,10 @@ class Spool:
                 f"qcow2 metadata points at bytes {start}-{end} that were not kept; the image is "
                 "inconsistent (check it with qemu-img check)"
             )
-        return os.pread(self._fd, end - start, start)
+        data = os.pread(self._fd, end - start, start)
+        if len(data) != end - start:  # cannot happen: the file is grown to cover every range
+            raise OSError(f"short read from the qcow2 spool at {start}")
+        return data
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -200,11 +287,17 @@ class Spool:
 class Decoder:
     """Feed a qcow2's bytes in order; the guest data lands in ``target``."""
 
-    def __init__(self, header: Header, target: sparse.Target, spool: Spool) -> None:
+    def __init__(self, header: Header, target: sparse.Target, spool: Spool, capacity: int | None = None) -> None:
+        """``capacity``: the guest data the volume can take (default: the virtual size); it sets
+        ``limit``, the longest the file may be (see ``max_file_size``)."""
         reason = not_streamable(header)
         if reason:
             raise Qcow2Error(reason)
         self.h = header
+        self.capacity = max(capacity or 0, header.size)
+        self.limit = max_file_size(header, self.capacity)
+        self._buffered = 0  # bytes collected in the buffers of pending needs
+        self._l2_offsets: set[int] = set()
         self.target = target
         self.spool = spool
         self.pos = 0  # host offset of the next byte expected
@@ -228,7 +321,17 @@ class Decoder:
 
     # --- needs ------------------------------------------------------------------------------
 
+    def _too_long(self, what: str) -> Qcow2Error:
+        return Qcow2Error(
+            f"{what} past the {human_bytes(self.limit)} that a qcow2 image of up to "
+            f"{human_bytes(self.capacity)} (the volume's usable size) can span with all its metadata; the "
+            "image is malformed or padded, or it has internal snapshots: check it with `qemu-img check` "
+            "and `qemu-img snapshot -l`, and import a compact copy made with `qemu-img convert -O qcow2`"
+        )
+
     def _add(self, kind: int, start: int, end: int, dest: int) -> None:
+        if end > self.limit:
+            raise self._too_long(f"the qcow2 image has {KIND_NAMES[kind]} at byte {start} ({human_bytes(start)}),")
         self._seq += 1
         need = _Need(start, self._seq, kind, end, dest, bytearray() if kind != DATA else None)
         if start < self.pos:
@@ -252,6 +355,8 @@ class Decoder:
         if pos != self.pos:
             raise ValueError(f"feed at {pos}, expected {self.pos}")
         end = pos + len(view)
+        if end > self.limit:
+            raise self._too_long("the qcow2 image goes on")
         cursor = pos  # bytes before this are accounted for (needed or spooled)
         heap = self._heap
         while heap and heap[0].start < end:
@@ -280,6 +385,13 @@ class Decoder:
         else:
             assert need.buf is not None
             need.buf += piece
+            self._buffered += len(piece)
+            if self._buffered > MAX_BUFFERED:
+                raise Qcow2Error(
+                    f"the qcow2 image's tables and compressed clusters overlap one another (more than "
+                    f"{human_bytes(MAX_BUFFERED)} of them pending at byte {self.pos}); the image is "
+                    "corrupt: check it with `qemu-img check`"
+                )
 
     def _consume(self, need: _Need, piece: memoryview, at: int) -> None:
         """The last bytes of ``need`` (from host offset ``at``) have arrived."""
@@ -287,6 +399,7 @@ class Decoder:
             self._write(need.dest, piece)
             return
         assert need.buf is not None
+        self._buffered -= len(need.buf)  # what _collect counted
         need.buf += piece
         if need.kind == CZ and at >= self.pos and self._wanted_later():
             # A compressed cluster's range is rounded up to a whole sector, so its last sector
@@ -314,6 +427,12 @@ class Decoder:
                 continue
             if off % h.cluster_size:
                 raise Qcow2Error(f"qcow2 L1 entry {i} points at unaligned offset {off}")
+            if off in self._l2_offsets:
+                raise Qcow2Error(
+                    f"qcow2 L1 entry {i} points at the same L2 table (offset {off}) as an earlier entry; "
+                    "the image is corrupt: check it with `qemu-img check`"
+                )
+            self._l2_offsets.add(off)
             self._l2_pending += 1
             self._add(L2, off, off + h.cluster_size, i * h.l2_entries)
 

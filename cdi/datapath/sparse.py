@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from cdi.common.units import human_bytes
 from cdi.datapath.source import Stream
 
 log = logging.getLogger(__name__)
@@ -204,11 +205,25 @@ class Target:
 
 
 class Overflow(Exception):
-    """The stream produced more than the target may hold (``produced`` bytes so far)."""
+    """The stream produced more than the target may hold.
 
-    def __init__(self, produced: int) -> None:
+    ``produced`` is the stream's whole length when ``complete``; otherwise a lower bound, and
+    ``stopped`` says why counting stopped (budget spent, or the stream failed).
+    """
+
+    def __init__(self, produced: int, complete: bool = False, stopped: str = "") -> None:
         super().__init__(produced)
         self.produced = produced
+        self.complete = complete
+        self.stopped = stopped
+
+
+@dataclass(frozen=True)
+class CountBudget:
+    """How far ``pump`` goes on reading (counting, writing nothing) after an overflow."""
+
+    seconds: float
+    bytes: int
 
 
 @dataclass
@@ -371,11 +386,14 @@ def pump(
     offset: int,
     limit: int,
     on_written: Callable[[int], None] | None = None,
+    count: CountBudget | None = None,
 ) -> PumpResult:
     """Copy ``stream`` to ``target`` from ``offset``; zero segments become holes/zeroed ranges.
 
     Raises what the stream raises (after everything read before it is written) and ``Overflow``
-    when output would pass ``limit``. Memory is bounded by POOL * CHUNK.
+    when output would pass ``limit``. With ``count``, an overflowing stream is read on (nothing
+    written) until it ends, so that ``Overflow`` tells its true length, or until the budget is
+    spent (a lower bound then). Memory is bounded by POOL * CHUNK.
     """
     pos = offset
     writer = SparseWriter(target)
@@ -387,7 +405,8 @@ def pump(
                 break
             buf, n = item
             if pos + n > limit:
-                raise Overflow(pos + n)
+                reader.release(buf)
+                raise _count_rest(reader, pos + n, count)
             writer.write(pos, memoryview(buf)[:n])
             pos += n
             reader.release(buf)
@@ -399,3 +418,23 @@ def pump(
         with contextlib.suppress(OSError):  # zeros seen before an error count, so resume offsets stay exact
             writer.flush()
         reader.close()
+
+
+def _count_rest(reader: ChunkReader, produced: int, count: CountBudget | None) -> Overflow:
+    """The Overflow for a stream that has produced ``produced`` bytes, counted on within ``count``."""
+    if count is None:
+        return Overflow(produced, stopped="the stream was not read further")
+    log.info("the stream passed the limit at %d bytes; counting the rest without writing it", produced)
+    deadline = time.monotonic() + count.seconds
+    while produced <= count.bytes and time.monotonic() < deadline:
+        try:
+            item = reader.get()
+        except Exception as e:  # the size is then unknown; the overflow is still what to report
+            log.info("counting the stream stopped at %d bytes: %s", produced, e)
+            return Overflow(produced, stopped="the stream failed while it was counted")
+        if item is None:
+            return Overflow(produced, complete=True)
+        produced += item[1]
+        reader.release(item[0])
+    spent = f"{count.seconds:.0f}s" if produced <= count.bytes else human_bytes(count.bytes)
+    return Overflow(produced, stopped=f"counting stopped after {spent}")

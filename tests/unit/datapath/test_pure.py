@@ -99,8 +99,9 @@ def test_sizes() -> None:
     assert required_capacity(1, ImportSettings(source="http", volume_mode=BLOCK, block_device="/d")) == MiB
     e = TooSmallError(2 << 30, 1 << 30, 2172 * MiB)
     assert e.reason == Reason.TOO_SMALL
+    # an exact quantity (2.1 GiB would be too little: following the advice must succeed)
     assert e.message == (
-        "DataVolume too small: image virtual size 2.0 GiB, usable 1.0 GiB; request at least 2.1 GiB"
+        "DataVolume too small: image virtual size 2.0 GiB, usable 1.0 GiB; request at least 2172Mi"
     )
 
 
