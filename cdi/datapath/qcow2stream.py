@@ -37,8 +37,10 @@ Bounds (a hostile image must not make the decoder write, read or hold much more 
 - Memory: the bytes collected for tables and compressed clusters at a time are capped
   (``MAX_BUFFERED``: a real image has one table and a compressed cluster or two in flight; many
   at once means they overlap one another), two L1 entries may not share an L2 table, and about
-  one L2 table's worth of needs is pending for images in order (the heap of needs itself grows
-  with the virtual size over the cluster size for images whose tables all come first).
+  one L2 table's worth of needs is pending for images in order. Images whose tables all come
+  first hold a need per data run at once: at most ``MAX_PENDING`` of them (about 100 MiB); past
+  that the image is refused with the advice to write it in order. Which guest ranges were written
+  is not tracked: a target that is not known to read zeros (a device) is zeroed first.
 
 Images the decoder cannot stream (extended L2 entries, encryption, unknown incompatible
 features) are named by ``not_streamable`` so that the caller can use qemu-img instead.
@@ -177,9 +179,10 @@ def not_streamable(h: Header) -> str:
 L1, L2, DATA, CZ = 0, 1, 2, 3
 KIND_NAMES = {L1: "its L1 table", L2: "an L2 table", DATA: "a data cluster", CZ: "a compressed cluster"}
 MAX_BUFFERED = MAX_TABLE + (16 << 20)  # bytes collected for pending tables/compressed clusters
+MAX_PENDING = 1 << 20  # needs known at once (about 100 MiB of them): tables far ahead of scattered data
 
 
-@dataclass(order=True)
+@dataclass(order=True, slots=True)
 class _Need:
     start: int  # host offset of the next byte wanted
     seq: int
@@ -299,6 +302,9 @@ class Decoder:
         self._buffered = 0  # bytes collected in the buffers of pending needs
         self._l2_offsets: set[int] = set()
         self.target = target
+        # what no cluster writes must read as zeros: a device is zeroed first (one discard or
+        # write-zeroes call), rather than tracking every written range of a scattered image
+        target.zero(0, header.size)
         self.spool = spool
         self.pos = 0  # host offset of the next byte expected
         self._writer = sparse.SparseWriter(target)
@@ -307,7 +313,6 @@ class Decoder:
         self._seq = 0
         self._l2_pending = 0  # L2 tables known but not yet read
         self._l1_done = header.l1_size == 0
-        self._written: list[list[int]] = []  # guest ranges made, sorted and merged [start, end)
         self._zstd: Any = None  # the zstandard module, for zstd-compressed clusters
         if header.compression == ZSTD:
             import zstandard
@@ -332,6 +337,12 @@ class Decoder:
     def _add(self, kind: int, start: int, end: int, dest: int) -> None:
         if end > self.limit:
             raise self._too_long(f"the qcow2 image has {KIND_NAMES[kind]} at byte {start} ({human_bytes(start)}),")
+        if len(self._heap) >= MAX_PENDING:
+            raise Qcow2Error(
+                f"the qcow2 image maps more than {MAX_PENDING} separate pieces of data ahead of where they are "
+                "stored (its tables come long before scattered data); write it in order with "
+                "qemu-img convert -O qcow2 and import that copy"
+            )
         self._seq += 1
         need = _Need(start, self._seq, kind, end, dest, bytearray() if kind != DATA else None)
         if start < self.pos:
@@ -517,15 +528,9 @@ class Decoder:
         if not len(piece):
             return
         self._writer.write(guest, piece)
-        end = guest + len(piece)
-        w = self._written
-        if w and w[-1][1] == guest:
-            w[-1][1] = end
-        else:
-            bisect.insort(w, [guest, end])
 
     def finish(self) -> None:
-        """The file ended: check nothing is missing and zero what no cluster wrote."""
+        """The file ended: check nothing is missing (what no cluster wrote reads as zeros)."""
         for need in sorted(self._heap):
             if need.kind == CZ and need.buf:
                 # the sector count rounds up: the last compressed cluster may end before it
@@ -541,20 +546,3 @@ class Decoder:
         self._writer.flush()
         if not self._l1_done:
             raise Qcow2Error(f"the qcow2 image is truncated: it ends at {self.pos} bytes, before its L1 table")
-        if self.target.prezeroed:
-            return
-        pos = 0
-        for start, end in _merged(self._written):
-            self.target.zero(pos, start - pos)
-            pos = end
-        self.target.zero(pos, self.h.size - pos)
-
-
-def _merged(ranges: list[list[int]]) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
-    for start, end in ranges:
-        if out and start <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], end))
-        else:
-            out.append((start, end))
-    return out

@@ -457,3 +457,45 @@ def test_max_file_size_holds_real_images(tmp_path: Path) -> None:
         assert len(data) <= qcow2stream.max_file_size(h, h.size), opts
         (refcount_order,) = struct.unpack_from(">I", data, 96)
         assert refcount_order <= 6
+
+
+def test_scattered_data_behind_its_tables_is_refused_past_the_pending_cap(
+    tmp_path: Path, vol: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every table first, then data scattered so that no two clusters coalesce: the needs known at
+    once are capped (the cap is lowered here; it is a million in real life)."""
+    monkeypatch.setattr(qcow2stream, "MAX_PENDING", 8)
+    c = Craft(4 * MiB, l1_offset=CS, l2={0: 2 * CS})
+    rnd = random.Random(6)
+    for i in range(16):  # guest clusters 0, 2, 4, ... stored in reverse order: nothing coalesces
+        c.map(2 * i * CS, (40 - 2 * i) * CS, rnd.randbytes(CS))
+    c.write(str(tmp_path / "scattered.qcow2"))
+    r = run(tmp_path / "scattered.qcow2", settings(vol))
+    assert_failed(vol, r, "InvalidImage", "separate pieces of data", "qemu-img convert -O qcow2")
+    monkeypatch.setattr(qcow2stream, "MAX_PENDING", 64)
+    r = run(tmp_path / "scattered.qcow2", settings(vol))
+    assert r.outcome == Outcome.SUCCEEDED, r.message
+
+
+def test_a_device_target_reads_zeros_where_no_cluster_was_written(tmp_path: Path) -> None:
+    """A target that is not known to be zero (a device) holds old data: it is zeroed first."""
+    c = Craft(2 * MiB, l1_offset=CS, l2={0: 2 * CS})
+    data = random.Random(7).randbytes(CS)
+    c.map(5 * CS, 3 * CS, data)
+    c.write(str(tmp_path / "one.qcow2"))
+    out = tmp_path / "old.raw"
+    out.write_bytes(b"\xaa" * (2 * MiB))  # stale bytes everywhere
+    fd = os.open(out, os.O_RDWR)
+    target = sparse.Target(str(out), fd, 2 * MiB, False, False, False)  # not prezeroed, like a device
+    try:
+        head = (tmp_path / "one.qcow2").read_bytes()
+        dec = qcow2stream.Decoder(qcow2stream.parse_header(head[:65536]), target,
+                                  qcow2stream.Spool(lambda: str(tmp_path / "spool")))
+        dec.feed(0, memoryview(head))
+        dec.finish()
+        dec.close()
+    finally:
+        target.close()
+    expected = bytearray(2 * MiB)
+    expected[5 * CS : 6 * CS] = data
+    assert out.read_bytes() == expected
