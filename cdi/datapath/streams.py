@@ -148,15 +148,134 @@ class GzipStream:
             self.inner.close()
 
 
+class ZstdFrames:
+    """Follows the frame layout of a zstd stream (RFC 8878) as its compressed bytes go by.
+
+    The binding's stream reader ends quietly when its input stops inside a frame, so a cut
+    download would pass for a complete image. Frame headers, block headers (3 bytes each, then the
+    block's content is skipped), checksums and skippable frames cost a few operations per block;
+    ``complete`` says whether the input stopped between frames.
+    """
+
+    MAGIC = 0xFD2FB528
+    _FCS_SIZES = (0, 2, 4, 8)
+    _DICT_SIZES = (0, 1, 2, 4)
+
+    def __init__(self) -> None:
+        self.frames = 0
+        self.broken = False  # not zstd framing: the decompressor reports that itself
+        self._state = "magic"
+        self._need = 4
+        self._field = bytearray()
+        self._skip = 0
+        self._checksum = False
+        self._last = False
+
+    @property
+    def complete(self) -> bool:
+        return self.broken or (self._state == "magic" and not self._field and not self._skip and self.frames > 0)
+
+    def feed(self, view: memoryview) -> None:
+        i, n = 0, len(view)
+        while i < n and not self.broken:
+            if self._skip:
+                k = min(self._skip, n - i)
+                self._skip -= k
+                i += k
+                if not self._skip:
+                    self._skipped()
+                continue
+            k = min(self._need - len(self._field), n - i)
+            self._field += view[i : i + k]
+            i += k
+            if len(self._field) == self._need:
+                field = bytes(self._field)
+                self._field.clear()
+                self._parsed(field)
+
+    def _expect(self, state: str, need: int) -> None:
+        self._state, self._need = state, need
+
+    def _parsed(self, f: bytes) -> None:
+        state = self._state
+        if state == "magic":
+            magic = int.from_bytes(f, "little")
+            if magic == self.MAGIC:
+                self._expect("descriptor", 1)
+            elif magic & 0xFFFFFFF0 == 0x184D2A50:
+                self._expect("skippable", 4)
+            else:
+                self.broken = True
+        elif state == "descriptor":
+            d = f[0]
+            single = (d >> 5) & 1
+            self._checksum = bool((d >> 2) & 1)
+            fcs = self._FCS_SIZES[d >> 6] or single
+            rest = (0 if single else 1) + self._DICT_SIZES[d & 3] + fcs
+            if rest:
+                self._expect("header", rest)
+            else:
+                self._expect("block", 3)
+        elif state == "header":
+            self._expect("block", 3)
+        elif state == "block":
+            h = int.from_bytes(f, "little")
+            self._last = bool(h & 1)
+            kind, size = (h >> 1) & 3, h >> 3
+            if kind == 3:
+                self.broken = True
+                return
+            self._skip = 1 if kind == 1 else size
+            if not self._skip:
+                self._skipped()
+        elif state == "checksum":
+            self._frame_done()
+        elif state == "skippable":
+            self._state = "skipping"
+            self._skip = int.from_bytes(f, "little")
+            if not self._skip:
+                self._skipped()
+
+    def _skipped(self) -> None:
+        if self._state == "skipping":
+            self._expect("magic", 4)
+        elif not self._last:
+            self._expect("block", 3)
+        elif self._checksum:
+            self._expect("checksum", 4)
+        else:
+            self._frame_done()
+
+    def _frame_done(self) -> None:
+        self.frames += 1
+        self._expect("magic", 4)
+
+
+class _Watched:
+    """A Stream whose bytes are also shown to ``frames``."""
+
+    def __init__(self, inner: Stream, frames: ZstdFrames) -> None:
+        self.inner, self.frames = inner, frames
+
+    def readinto(self, buf: memoryview) -> int:
+        n = self.inner.readinto(buf)
+        self.frames.feed(buf[:n])
+        return n
+
+    def close(self) -> None:
+        self.inner.close()
+
+
 class ZstdStream:
-    """zstd (all frames) with the ``zstandard`` binding."""
+    """zstd (all frames) with the ``zstandard`` binding; a stream cut inside a frame is an error."""
 
     def __init__(self, inner: Stream) -> None:
         import zstandard
 
         self.inner = inner
+        self.frames = ZstdFrames()
         self._reader = zstandard.ZstdDecompressor(max_window_size=1 << 31).stream_reader(
-            _FileAdapter(inner),  # type: ignore[arg-type]
+            _FileAdapter(_Watched(inner, self.frames)),  # type: ignore[arg-type]
             read_size=1 << 20,
             read_across_frames=True,
             closefd=False,
@@ -165,11 +284,14 @@ class ZstdStream:
 
     def readinto(self, buf: memoryview) -> int:
         try:
-            return int(self._reader.readinto(buf))
+            n = int(self._reader.readinto(buf))
         except CDIError:
             raise
         except (self._error, OSError, ValueError) as e:
             raise invalid("zst data cannot be decompressed", e) from e
+        if n == 0 and not self.frames.complete:
+            raise invalid("zst data ends inside a frame", "the download was cut short")
+        return n
 
     def close(self) -> None:
         try:
