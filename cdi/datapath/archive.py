@@ -20,7 +20,12 @@ entry is hostile until proven otherwise. ``tarfile`` only parses the headers (st
 - Hard links only to a regular file extracted earlier, found with the same walk: never to a
   link, never through one, never outside.
 - Refused outright (``UnsafeImage`` naming the entry): absolute names, ``..`` components,
-  device nodes, FIFOs and unknown entry types, names under the importer's staging directory.
+  device nodes, FIFOs and unknown entry types, top-level names starting with the staging
+  directory's prefix. Entries that contradict each other (a file where a later entry needs a
+  directory, replacing a directory that is not empty) are ``InvalidImage``, as in GNU tar.
+- Kept: file modes (``& 0o777``; a directory without owner rwx gets its mode after the last entry
+  so the extraction can go on inside it), mtimes of files and links, sparse files (GNU and pax
+  sparse entries; runs of zeros are left as holes).
 - Bounds (the volume and the host must survive any archive): file data plus a fixed overhead
   per entry (its inode, directory entry and partial block) is summed against the volume's usable
   size (``DataVolumeTooSmall``); the number of entries, the path depth and length, one header's
@@ -52,7 +57,8 @@ from cdi.datapath.source import Stream
 from cdi.datapath.streams import _FileAdapter
 
 STAGING_PREFIX = ".cdi-staging"
-CHUNK = 1 << 20
+CHUNK = 1 << 20  # read-ahead from the source
+COPY = 64 << 10  # file data per read; all-zero pieces of this size become holes
 
 MAX_ENTRIES = 1_000_000
 ENTRY_OVERHEAD = 4096  # bytes counted per entry on top of its file data
@@ -69,7 +75,7 @@ MAX_RESOLVE_TOTAL = 32_000_000  # ... and for all of them
 _KINDS = "an archive for a volume holds files, directories and links"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-_ZEROS = bytes(CHUNK)
+_ZEROS = bytes(COPY)
 _FD_CACHE = 512
 
 
@@ -287,7 +293,7 @@ class _Extractor:
         self.live: dict[tuple[str, ...], _Link] = {}  # the symlinks to make at the end
         self.modes: dict[tuple[str, ...], int] = {}  # directory modes without owner rwx, set at the end
         self.record_bytes = 0
-        self.buf = bytearray(CHUNK)
+        self.buf = bytearray(COPY)
         self.steps = 0
 
     # --- bounds -------------------------------------------------------------------------
@@ -415,15 +421,15 @@ class _Extractor:
             os.close(fd)
 
     def _copy(self, src: Any, fd: int, m: tarfile.TarInfo) -> None:
-        """The entry's data into ``fd``; whole chunks of zeros become holes."""
+        """The entry's data into ``fd``; whole pieces of zeros become holes."""
         view = memoryview(self.buf)
         left = m.size
         while left:
-            want = min(CHUNK, left)
+            want = min(COPY, left)
             n = src.readinto(view[:want])
             if not n:
                 raise invalid(m.name, "is cut short: the archive ends inside its data")
-            if n == CHUNK and self.buf == _ZEROS:
+            if n == COPY and self.buf == _ZEROS:
                 os.lseek(fd, n, os.SEEK_CUR)
             else:
                 _write_all(fd, view[:n])
