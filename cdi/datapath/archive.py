@@ -470,7 +470,7 @@ class _Extractor:
     # --- the end ------------------------------------------------------------------------
 
     def finish(self) -> None:
-        """Make the symlinks, judge every link against the final tree, set the saved modes."""
+        """Make the symlinks and judge every link against the final tree."""
         self.dirs.close()
         for link in self.live.values():
             parent = self.dirs.get(link.parts[:-1], link.name, create=True)
@@ -484,10 +484,18 @@ class _Extractor:
             if self.live.get(link.parts) is link:
                 memo[link.parts] = where
             self.dirs.trim()
-        for parts in sorted(self.modes, key=len, reverse=True):
-            fd = self.dirs.get(parts, _show(parts), create=False)
-            os.fchmod(fd, self.modes[parts])
         self.dirs.close()
+
+    def set_saved_modes(self, root: int) -> None:
+        """Directories without owner rwx get their modes last, deepest first, once moved into
+        place (renaming a directory needs write access to it unless one is root)."""
+        dirs = _Dirs(root)
+        try:
+            for parts in sorted(self.modes, key=len, reverse=True):
+                os.fchmod(dirs.get(parts, _show(parts), create=False), self.modes[parts])
+                dirs.trim()
+        finally:
+            dirs.close()
 
     def _probe(self, path: tuple[str, ...]) -> tuple[int, str]:
         """(st_mode, link target or '') of ``path``, whose parents are real directories; mode 0: missing."""
@@ -651,6 +659,7 @@ def extract(
                     os.rename(name, name, src_dir_fd=root, dst_dir_fd=dest)
             finally:
                 os.close(root)
+            ex.set_saved_modes(dest)
             os.fsync(dest)
             return ex.data
         finally:

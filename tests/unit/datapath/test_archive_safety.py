@@ -15,6 +15,7 @@ import os
 import shutil
 import stat
 import subprocess
+import sys
 import tarfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -517,6 +518,31 @@ def test_gnu_tar_sparse_files_and_links(box: Box, tmp_path: Path, fmt: str) -> N
     assert out.stat().st_blocks * 512 <= 256 << 10  # holes stayed holes
     assert os.readlink(box.vol / "disk.link") == "disk.img"
     assert (box.vol / "disk.hard").stat().st_ino == out.stat().st_ino
+
+
+NO_DAC = "-dac_override,-dac_read_search,-fowner"
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root and setpriv")
+def test_read_only_directories_without_root_privileges(box: Box, tmp_path: Path) -> None:
+    """Modes that take away the owner's access (0555, 0500, 0000) extract when the worker cannot
+    override file modes (as a worker without root's capabilities)."""
+    tar = tmp_path / "ro.tar"
+    tar.write_bytes(build([("dir", "ro", None, 0o555), ("dir", "ro/sub", None, 0o500),
+                           ("file", "ro/sub/f", b"deep\n", 0o444), ("dir", "locked", None, 0o000),
+                           ("file", "locked/secret", b"s\n", 0o400), ("symlink", "ro/l", "sub/f")]))
+    code = ("import sys; from cdi.datapath import archive; from tests.unit.datapath.helpers import BytesStream; "
+            "archive.extract(BytesStream(open(sys.argv[1], 'rb').read()), sys.argv[2], 1 << 30)")
+    r = subprocess.run(["setpriv", f"--bounding-set={NO_DAC}", sys.executable, "-c", code, str(tar), str(box.vol)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    v = box.vol
+    assert sorted(os.listdir(v)) == ["locked", "ro"]
+    assert [stat.S_IMODE((v / p).stat().st_mode) for p in ("ro", "ro/sub", "locked")] == [0o555, 0o500, 0o000]
+    assert (v / "ro" / "sub" / "f").read_bytes() == b"deep\n" and (v / "ro" / "l").read_bytes() == b"deep\n"
+    assert (v / "locked" / "secret").read_bytes() == b"s\n"
+    for p in ("ro", "ro/sub", "locked"):  # let pytest remove tmp_path
+        (v / p).chmod(0o755)
 
 
 # --- staging and commit -----------------------------------------------------------------------
