@@ -13,8 +13,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import stat
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,14 +34,17 @@ CANARY = b"host file: must never change\n"
 
 
 class Host:
-    """Canaries outside every volume: a file (0644, known bytes) and a directory (0700)."""
+    """Canaries outside every volume that a worker of any uid could write if it reached them by
+    following a link (so a worker's own uid does not hide a hole in the extraction): a
+    world-writable file with known bytes and a directory with mode 0700, in a world-writable
+    directory under /tmp."""
 
-    def __init__(self, root: Path) -> None:
-        self.dir = root / "host"
-        self.dir.mkdir()
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="cdi-host-", dir="/tmp"))
+        self.dir.chmod(0o777)
         self.file = self.dir / "canary.txt"
         self.file.write_bytes(CANARY)
-        self.file.chmod(0o644)
+        self.file.chmod(0o666)
         self.private = self.dir / "private"
         self.private.mkdir()
         self.private.chmod(0o700)
@@ -46,10 +52,17 @@ class Host:
 
     def untouched(self) -> None:
         assert self.file.read_bytes() == CANARY
-        assert stat.S_IMODE(self.file.stat().st_mode) == 0o644 and self.file.stat().st_nlink == 1
+        assert stat.S_IMODE(self.file.stat().st_mode) == 0o666 and self.file.stat().st_nlink == 1
         assert stat.S_IMODE(self.private.stat().st_mode) == 0o700
         assert os.listdir(self.private) == [] and not self.new.exists()
         assert sorted(os.listdir(self.dir)) == ["canary.txt", "private"]
+
+
+@pytest.fixture
+def host() -> Iterator[Host]:
+    h = Host()
+    yield h
+    shutil.rmtree(h.dir)
 
 
 def up(target: Path) -> str:
@@ -79,9 +92,7 @@ def sha256(path: str) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def test_import_of_the_attack_fails_unsafe_and_the_host_is_untouched(cluster, nginx, tmp_images, served_path,
-                                                                     tmp_path):
-    host = Host(tmp_path)
+def test_import_of_the_attack_fails_unsafe_and_the_host_is_untouched(cluster, nginx, tmp_images, served_path, host):
     d = Path(tmp_images)
     cases = {
         "write": attack_tar(d / "write.tar", host.file),
@@ -103,8 +114,7 @@ def test_import_of_the_attack_fails_unsafe_and_the_host_is_untouched(cluster, ng
         assert cluster.events(name)[-1] == ("Warning", "ImportFailed"), cluster.events(name)
 
 
-def test_import_of_a_legit_archive_with_links_is_exact(cluster, nginx, tmp_images, served_path, tmp_path):
-    host = Host(tmp_path)
+def test_import_of_a_legit_archive_with_links_is_exact(cluster, nginx, tmp_images, served_path, host):
     blob = os.urandom(1 * MiB + 123)
     tar = str(Path(tmp_images) / "legit.tar")
     images.make_tar(tar, [("dir", "etc", b""), ("file", "etc/motd", b"hello\n"), ("file", "bin/tool", blob),
@@ -127,8 +137,7 @@ def test_import_of_a_legit_archive_with_links_is_exact(cluster, nginx, tmp_image
 
 
 @pytest.mark.parametrize("kind", ["file", "dir"])
-def test_upload_of_the_attack_fails_unsafe_and_the_host_is_untouched(env, tmp_path, kind):
-    host = Host(tmp_path)
+def test_upload_of_the_attack_fails_unsafe_and_the_host_is_untouched(env, tmp_path, host, kind):
     tar = attack_tar(tmp_path / "evil.tar", host.file if kind == "file" else host.private, kind)
     env.create_dv("evil", content_type="archive")
     env.wait_ready("evil")
