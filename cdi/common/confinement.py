@@ -31,13 +31,16 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import importlib
+import importlib.abc
 import json
 import logging
 import os
 import pkgutil
+import sys
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from cdi.api.contract import Reason
 from cdi.common.errors import PermanentError
@@ -52,7 +55,9 @@ DIR, DEVICE = "dir", "device"
 
 # Modules loaded lazily by code the workers run (stdlib codecs and parsers, compression).
 PRELOAD = (
-    "encodings.idna", "encodings.ascii", "encodings.latin_1", "encodings.utf_8", "encodings.utf_16",
+    "encodings.idna", "encodings.ascii", "encodings.latin_1", "encodings.utf_8", "encodings.utf_8_sig",
+    "encodings.utf_16", "encodings.utf_16_le", "encodings.utf_16_be", "encodings.utf_32",
+    "encodings.utf_32_le", "encodings.utf_32_be", "encodings.cp437", "encodings.iso8859_1",
     "encodings.punycode", "stringprep", "unicodedata", "_strptime", "http.client", "http.server",
     "email.parser", "email.feedparser", "email.message", "ssl", "socket", "socketserver", "lzma", "zlib",
     "bz2", "tarfile", "concurrent.futures.thread", "queue", "tempfile", "shutil", "uuid", "hmac",
@@ -136,7 +141,19 @@ def enter(env: Mapping[str, str]) -> dict[str, str]:
     out["HOME"] = out["TMPDIR"] = "/tmp"
     os.chdir(os.path.join(ROOT, RUN) if any(g.name == RUN for g in spec.grants) else "/tmp")
     drop(spec.uid, spec.gid)
+    sys.meta_path.append(_NotPreloaded())
     return out
+
+
+class _NotPreloaded(importlib.abc.MetaPathFinder):
+    """Last on ``sys.meta_path`` after the drop: a module nobody could find may simply be out of
+    the new uid's reach (an interpreter under /root); the log says so before the ImportError."""
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> None:
+        log.warning("module %s was not found after the worker dropped its privileges; if it exists, its "
+                    "files are not readable by the worker's uid: add it to cdi.common.confinement.PRELOAD",
+                    fullname)
+        return None
 
 
 def preload(packages: Iterable[str] = ()) -> None:

@@ -49,7 +49,7 @@ import stat
 import tarfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 from cdi.api.contract import Reason
 from cdi.common.errors import CDIError, PermanentError
@@ -594,13 +594,22 @@ def _remove(dir_fd: int, name: str) -> None:
 
 
 def _read_all(tar_stream: _Meter, ex: _Extractor, on_progress: Callable[[int], None] | None) -> None:
+    last: list[bytes] = [b""]  # the last header block tarfile looked at
+
+    class Header(tarfile.TarInfo):
+        @classmethod
+        def frombuf(cls, buf: bytes | bytearray, encoding: str, errors: str) -> Self:
+            last[0] = bytes(buf[: tarfile.BLOCKSIZE])
+            return super().frombuf(buf, encoding, errors)
+
     tar_stream.ceiling = MAX_HEADER_BYTES + _SLACK
-    with tarfile.open(fileobj=tar_stream, mode="r|") as tar:
+    with tarfile.open(fileobj=tar_stream, mode="r|", tarinfo=Header) as tar:
         while True:
             tar_stream.ceiling = tar.offset + MAX_HEADER_BYTES + _SLACK
             m = tar.next()
             tar_stream.ceiling = None
             if m is None:
+                _check_end(last[0], tar.offset, tar_stream.after)
                 return
             tar.members.clear()  # type: ignore[attr-defined]  # streaming: keep no list of every header
             _check_globals(tar.pax_headers)
@@ -608,6 +617,22 @@ def _read_all(tar_stream: _Meter, ex: _Extractor, on_progress: Callable[[int], N
             tar_stream.after = m.name[:200]
             if on_progress is not None:
                 on_progress(ex.data)
+
+
+def _check_end(block: bytes, offset: int, after: str) -> None:
+    """tarfile ends the same way at the end-of-archive marker (a zero block), at the end of the
+    data and at a damaged header; only the first is a whole archive."""
+    if len(block) == tarfile.BLOCKSIZE and not any(block):
+        return
+    where = f"after entry {after!r}" if after else "before its first entry"
+    if not block:
+        what = "ends without its end-of-archive marker: it was cut short (an interrupted download or copy?)"
+    elif len(block) < tarfile.BLOCKSIZE:
+        what = f"ends in the middle of a header at byte {offset}: it was cut short"
+    else:
+        what = f"has a damaged header at byte {offset}"
+    raise PermanentError(f"the archive {what} {where}; nothing was written to the volume: check the "
+                         "archive with tar -tvf and send it whole", reason=Reason.INVALID_IMAGE)
 
 
 def extract(

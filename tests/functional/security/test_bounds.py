@@ -237,8 +237,8 @@ def test_upload_of_a_qcow2_bomb_is_refused(env, tmp_path):
         empty.write_bytes(b"")
         with open(empty, "rb") as f:
             resp = env.uploader("up").send("/v1beta1/upload", f, 0, 0, None, None)
-        assert resp.status == 400 and resp.reason == "NotAnImage", resp
-        assert "empty (0 bytes)" in resp.text, resp.text
+        assert resp.status == 400 and resp.reason == "EmptyUpload", resp  # refused before any run
+        assert "the upload body is empty" in resp.text, resp.text
     finally:
         peak = watch.stop()
     assert peak <= 8 * MiB

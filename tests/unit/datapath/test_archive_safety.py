@@ -588,3 +588,36 @@ def test_failure_leaves_no_staging(box: Box, monkeypatch: pytest.MonkeyPatch) ->
     with pytest.raises(PermanentError):
         run(box, build([("dir", "d", None), ("file", "d/f", b"x"), ("chr", "d/null", None)]))
     assert os.listdir(box.vol) == [] and calls == [f"{archive.STAGING_PREFIX}-{os.getpid()}"]
+
+
+# --- a whole archive, or none -------------------------------------------------------------------
+
+
+def _two_files() -> bytes:
+    return build([("file", "a", b"A" * 1000), ("file", "b", b"B" * 3000)])
+
+
+def test_a_whole_archive_ends_with_its_marker_and_extracts(tmp_path: Path) -> None:
+    vol = tmp_path / "v"
+    vol.mkdir()
+    assert archive.extract(BytesStream(_two_files()), str(vol), 10 * MiB) == 4000
+    assert (vol / "b").read_bytes() == b"B" * 3000
+
+
+@pytest.mark.parametrize(
+    "cut, words",
+    [
+        (lambda t: t[: 512 + 1024], "ends without its end-of-archive marker"),  # right after entry a
+        (lambda t: t[: 512 + 1024 + 100], "ends in the middle of a header"),
+        (lambda t: t[: 512 + 1024] + b"\x07" * 512 + t[512 + 1024 + 512 :], "damaged header at byte 1536"),
+    ],
+    ids=["at-an-entry-boundary", "inside-a-header", "damaged-header"],
+)
+def test_a_cut_or_damaged_archive_fails_and_writes_nothing(tmp_path: Path, cut: Any, words: str) -> None:
+    vol = tmp_path / "v"
+    vol.mkdir()
+    with pytest.raises(PermanentError) as e:
+        archive.extract(BytesStream(cut(_two_files())), str(vol), 10 * MiB)
+    assert e.value.reason == Reason.INVALID_IMAGE
+    assert words in e.value.message and "after entry 'a'" in e.value.message
+    assert os.listdir(vol) == []
