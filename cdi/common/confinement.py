@@ -37,6 +37,7 @@ import logging
 import os
 import pkgutil
 import sys
+import tempfile
 import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -111,7 +112,8 @@ class Spec:
 
 
 def enter(env: Mapping[str, str]) -> dict[str, str]:
-    """Confine this process as ``env[CDI_WORKER_CONFINE]`` says; returns the environment to use.
+    """Confine this process as ``env[CDI_WORKER_CONFINE]`` says; returns the environment to use
+    (``os.environ`` becomes it too, so that children see the same paths).
 
     :raises ConfinementError: the spec is invalid or the kernel refused a step (nothing of the
         worker's job has run yet; the caller reports it as its result).
@@ -139,6 +141,10 @@ def enter(env: Mapping[str, str]) -> dict[str, str]:
             os.close(fd)
     out = rewrite(out, spec)
     out["HOME"] = out["TMPDIR"] = "/tmp"
+    # children (xz, qemu-img, nbdkit) inherit os.environ: the same view, without the spec
+    os.environ.clear()
+    os.environ.update(out)
+    tempfile.tempdir = None
     os.chdir(os.path.join(ROOT, RUN) if any(g.name == RUN for g in spec.grants) else "/tmp")
     drop(spec.uid, spec.gid)
     sys.meta_path.append(_NotPreloaded())

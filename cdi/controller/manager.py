@@ -71,6 +71,8 @@ class Manager:
                      os.geteuid())
         elif not config.worker_isolation:
             log.warning("workerIsolation is off in config.yaml: workers run as root and see the whole machine")
+        if not config.image_sandbox:
+            log.warning("imageSandbox is off in config.yaml: qemu-img and nbdkit run unconfined")
         store = store or Store(os.path.join(data_dir, "state.db"))
         ctx = Context(
             store=store,
@@ -79,6 +81,7 @@ class Manager:
                 os.path.join(data_dir, "workers"),
                 isolate=config.worker_isolation and os.geteuid() == 0,
                 uid_base=config.worker_uid_base, uid_count=config.worker_uid_count,
+                env={} if config.image_sandbox else {"CDI_IMAGE_SANDBOX": "off"},
             ),
             config=config,
         )

@@ -13,11 +13,11 @@ mount namespace holding only
   device access), the nbd socket directory,
 - for nbdkit's network plugins, the few ``/etc`` files name resolution and TLS need.
 
-Each file is opened here (``O_PATH``) and bound into the sandbox from that descriptor, so
-targets named ``/proc/self/fd/N/disk.img.part`` (a worker that received its target directory
-as an inherited descriptor) or ``/proc/self/fd/N`` (a block device) work too. No directory
-descriptor ever reaches the sandboxed process: ``..`` from an inherited directory descriptor
-would lead back to the host's root.
+Each file is opened here (``O_PATH``, without following links) and bound into the sandbox
+from that descriptor, so what is bound is what was opened, wherever the worker sees it (a
+confined worker sees its volume under ``/tmp/cdi``, see ``cdi.common.confinement``). No
+directory descriptor ever reaches the sandboxed process: ``..`` from an inherited directory
+descriptor would lead back to the host's root.
 
 The process also gets new user, pid, ipc, uts, cgroup and (unless it needs the network)
 network namespaces, no capabilities (also when the worker runs as root), a cleared environment
@@ -25,8 +25,8 @@ and its own session; it is killed when the worker dies.
 
 Fail closed: when ``bwrap`` is missing or cannot create the namespaces (a host without
 unprivileged user namespaces), the import fails with reason ``ConfigError`` and a message that
-names the fix. ``CDI_IMAGE_SANDBOX=off`` in the worker's environment runs the tools
-unconfined instead (then only the header checks and the ``qemu-img info`` checks guard the
+names the fix. ``imageSandbox: false`` in config.yaml (``CDI_IMAGE_SANDBOX=off`` in the
+worker's environment, which the controller sets then) runs the tools unconfined instead (then only the header checks and the ``qemu-img info`` checks guard the
 host); any other value than ``off`` (or unset) means confined.
 """
 
@@ -73,6 +73,7 @@ _BASE = (
 _preflight_lock = threading.Lock()
 _preflight_error: str | None = None
 _preflight_done = False
+_unconfined_logged = False
 
 
 def enabled() -> bool:
@@ -86,7 +87,7 @@ def unavailable(detail: str) -> PermanentError:
         "(bwrap) and allow unprivileged user namespaces on the worker's host (sysctl "
         "user.max_user_namespaces > 0, kernel.unprivileged_userns_clone=1 where it exists, and on "
         "Ubuntu kernel.apparmor_restrict_unprivileged_userns=0 or an AppArmor profile for bwrap), "
-        f"or set {ENV_SWITCH}={OFF} for the workers to run them unconfined (not recommended)",
+        "or set imageSandbox: false in config.yaml to run them unconfined (not recommended)",
         reason=Reason.CONFIG_ERROR,
     )
 
@@ -129,6 +130,10 @@ class Jail:
 
     def __init__(self, *, network: bool = False) -> None:
         self.confined = enabled()
+        global _unconfined_logged
+        if not self.confined and not _unconfined_logged:
+            _unconfined_logged = True
+            log.warning("imageSandbox is off: qemu-img and nbdkit run without bubblewrap")
         self.network = network
         self._args: list[str] = []
         self._fds: list[int] = []

@@ -13,6 +13,7 @@
     workerIsolation: true         # workers confine themselves (see cdi.common.confinement)
     workerUidBase: 1500000000     # workers run as uids in [base, base + count), one per worker
     workerUidCount: 1000000
+    imageSandbox: true            # qemu-img and nbdkit run under bubblewrap (cdi.datapath.sandbox)
     upload:                       # optional; see cdi.api.upload.UploadConfig
       tokenTTLSeconds: 300        # (0, 3600]
 
@@ -69,6 +70,7 @@ class Config:
     worker_isolation: bool = True
     worker_uid_base: int = 1_500_000_000
     worker_uid_count: int = 1_000_000
+    image_sandbox: bool = True
 
     @property
     def default_storage_class(self) -> str | None:
@@ -134,9 +136,10 @@ class Config:
         overhead = num("filesystemOverhead", 0.06)
         if not 0 <= overhead < 1:
             raise PermanentError(f"{path}: filesystemOverhead must be in [0, 1), e.g. 0.06; got {overhead}")
-        isolation = raw.get("workerIsolation", True)
-        if not isinstance(isolation, bool):
-            raise PermanentError(f"{path}: workerIsolation must be true or false, got {isolation!r}")
+        isolation, image_sandbox = raw.get("workerIsolation", True), raw.get("imageSandbox", True)
+        for key, value in (("workerIsolation", isolation), ("imageSandbox", image_sandbox)):
+            if not isinstance(value, bool):
+                raise PermanentError(f"{path}: {key} must be true or false, got {value!r}")
         uid_base, uid_count = int(num("workerUidBase", 1_500_000_000)), int(num("workerUidCount", 1_000_000))
         if uid_base < 100_000 or uid_count < 1 or uid_base + uid_count > 2**32 - 2:
             raise PermanentError(
@@ -160,4 +163,5 @@ class Config:
             worker_isolation=isolation,
             worker_uid_base=uid_base,
             worker_uid_count=uid_count,
+            image_sandbox=image_sandbox,
         )

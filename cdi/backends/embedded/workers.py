@@ -60,8 +60,7 @@ PRELOAD: dict[str, tuple[str, ...]] = {
 
 # Only these variables of the controller's environment reach a worker (plus its own settings).
 _PASS_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "http_proxy", "https_proxy", "no_proxy",
-             "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "PYTHONPATH",
-             "CDI_IMAGE_SANDBOX")  # cdi.datapath.sandbox.ENV_SWITCH
+             "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "PYTHONPATH")
 
 RUN_DIR = naming.RUN_DIR
 SECRETS_DIR = "secrets"
@@ -86,7 +85,9 @@ class LocalWorkers:
     """WorkerRunner over local processes."""
 
     def __init__(self, root: str, entrypoints: dict[str, list[str]] | None = None, *,
-                 isolate: bool | None = None, uid_base: int = UID_BASE, uid_count: int = UID_COUNT) -> None:
+                 isolate: bool | None = None, uid_base: int = UID_BASE, uid_count: int = UID_COUNT,
+                 env: dict[str, str] | None = None) -> None:
+        """``env``: settings every worker gets (e.g. ``CDI_IMAGE_SANDBOX=off`` from config.yaml)."""
         self.root = root
         self.entrypoints = dict(ENTRYPOINTS if entrypoints is None else entrypoints)
         os.makedirs(root, mode=0o700, exist_ok=True)
@@ -95,6 +96,7 @@ class LocalWorkers:
         if self.isolate and os.geteuid() != 0:
             raise PermanentError("worker isolation needs a controller running as root; set workerIsolation: false")
         self.uid_base, self.uid_count = uid_base, uid_count
+        self.env = dict(env or {})
 
     def _dir(self, name: str) -> str:
         return os.path.join(self.root, name)
@@ -160,6 +162,7 @@ class LocalWorkers:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(os.path.join(d, stale))
         full_env = {k: v for k, v in os.environ.items() if k in _PASS_ENV}
+        full_env.update(self.env)
         full_env.update(env)
         full_env[ENV_TERMINATION_LOG] = os.path.join(run, "termination-log")
         full_env[ENV_PROGRESS_FILE] = os.path.join(run, "progress.json")

@@ -283,20 +283,29 @@ def test_isolation_can_be_turned_off_and_bad_settings_are_named(tmp_path, nginx,
     images.make_raw(raw, 1 * MiB, seed=38)
     cluster = make_cluster(str(tmp_path / "cdi"))
     with open(os.path.join(cluster.data_dir, "config.yaml"), "a") as f:
-        f.write("workerIsolation: false\n")
+        f.write("workerIsolation: false\nimageSandbox: false\n")
     try:
         cluster.apply(http_dv("open", f"{nginx.http_url}/{served_path(raw)}"))
         dv = cluster.wait_phase("open")
         assert dv["status"]["phase"] == "Succeeded", dv["status"]
         assert os.stat(cluster.pvc("open")["metadata"]["annotations"][ann.DISK_PATH]).st_uid == 0
-        assert "workerIsolation is off" in Path(cluster.data_dir, "controller.log").read_text()
+        log = Path(cluster.data_dir, "controller.log").read_text()
+        assert "workerIsolation is off" in log and "imageSandbox is off" in log
+        vmdk = str(tmp_images / "disk.vmdk")
+        images.convert(raw, vmdk, "vmdk")  # through qemu-img, unconfined now
+        cluster.apply(http_dv("openvmdk", f"{nginx.http_url}/{served_path(vmdk)}"))
+        dv = cluster.wait_phase("openvmdk")
+        assert dv["status"]["phase"] == "Succeeded", dv["status"]
+        wlog = Path(cluster.data_dir, "workers", worker_name("default", "openvmdk"), "log").read_text()
+        assert "qemu-img and nbdkit run without bubblewrap" in wlog
         cluster.delete_all()
     finally:
         daemon.stop(cluster.data_dir)
         cluster.store.close()
     for bad, words in (("workerIsolation: maybe\n", "workerIsolation must be true or false"),
+                       ("imageSandbox: 0\n", "imageSandbox must be true or false"),
                        ("workerUidBase: 1000\n", "workerUidBase/workerUidCount must name a range")):
-        d = tmp_path / f"bad{len(words)}"
+        d = tmp_path / f"bad-{words.split()[0].replace('/', '-')}"
         d.mkdir(mode=0o700)
         (d / "config.yaml").write_text(bad)
         with pytest.raises(PermanentError, match=words):
