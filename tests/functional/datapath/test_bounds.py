@@ -64,13 +64,6 @@ def spools(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[MeasuredSpool]]:
     yield MeasuredSpool.made
 
 
-@pytest.fixture
-def vol(tmp_path: Path) -> Path:
-    v = tmp_path / "vol"
-    v.mkdir()
-    return v
-
-
 def settings(vol: Path, **kw: object) -> ImportSettings:
     base: dict[str, object] = dict(source="http", image_size=CAPACITY, data_dir=str(vol))
     base.update(kw)
@@ -400,30 +393,28 @@ def test_overflow_counting_has_a_time_budget(tmp_path: Path, vol: Path, monkeypa
     assert_failed(vol, r, Reason.TOO_SMALL, "counting stopped after 0s", "zstd -lv")
 
 
+def padded_zst(tmp_path: Path, fmt: str, seed: int) -> str:
+    """A 4 MiB image of ``fmt`` padded with zeros to 100 MiB, as .zst."""
+    raw = tmp_path / "src.raw"
+    images.make_raw(str(raw), 4 * MiB, seed=seed)
+    img = tmp_path / f"img.{fmt}"
+    images.convert(str(raw), str(img), fmt)
+    with open(img, "r+b") as f:
+        f.truncate(100 * MiB)
+    images.compress(str(img), f"{img}.zst", "zst")
+    return f"{img}.zst"
+
+
 def test_scratch_overflow_of_a_padded_container_is_invalid(tmp_path: Path, vol: Path) -> None:
     """A vmdk whose header says 4 MiB, padded with 96 MiB of zeros: more than scratch_limit."""
-    raw = tmp_path / "src.raw"
-    images.make_raw(str(raw), 4 * MiB, seed=12)
-    vmdk = tmp_path / "img.vmdk"
-    images.convert(str(raw), str(vmdk), "vmdk")
-    with open(vmdk, "r+b") as f:
-        f.truncate(100 * MiB)
     assert processor.scratch_limit(USABLE) < 100 * MiB
-    images.compress(str(vmdk), f"{vmdk}.zst", "zst")
-    r = run(f"{vmdk}.zst", settings(vol))
+    r = run(padded_zst(tmp_path, "vmdk", 12), settings(vol))
     assert_failed(vol, r, Reason.INVALID_IMAGE, "the vmdk image file is 100.0 MiB", "virtual size 4.0 MiB")
 
 
 def test_scratch_overflow_of_a_vhdx_says_how_to_learn_its_size(tmp_path: Path, vol: Path) -> None:
     """A vhdx's header does not tell its virtual size: the message says how to find out."""
-    raw = tmp_path / "src.raw"
-    images.make_raw(str(raw), 4 * MiB, seed=14)
-    vhdx = tmp_path / "img.vhdx"
-    images.convert(str(raw), str(vhdx), "vhdx")
-    with open(vhdx, "r+b") as f:
-        f.truncate(100 * MiB)
-    images.compress(str(vhdx), f"{vhdx}.zst", "zst")
-    r = run(f"{vhdx}.zst", settings(vol))
+    r = run(padded_zst(tmp_path, "vhdx", 14), settings(vol))
     assert_failed(vol, r, Reason.TOO_SMALL, "the vhdx image file is 100.0 MiB", "qemu-img info <file>",
                   "if not, the file is padded")
     assert r.required_capacity is None and "request at least" not in r.message

@@ -62,13 +62,6 @@ def imgs(tmp_path_factory: pytest.TempPathFactory) -> Images:
     return Images(d, raw, data)
 
 
-@pytest.fixture
-def vol(tmp_path: Path) -> Path:
-    v = tmp_path / "vol"
-    v.mkdir()
-    return v
-
-
 def settings(vol: Path, **kw: object) -> ImportSettings:
     base: dict[str, object] = dict(
         source="http", image_size=CAPACITY, data_dir=str(vol), progress_file=str(vol.parent / "progress.json")

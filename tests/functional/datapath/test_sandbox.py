@@ -186,7 +186,7 @@ def test_sandbox_unavailable_fails_closed(tmp_path: Path, monkeypatch: pytest.Mo
     vol.mkdir()
     r = run(FileSource(str(img)), settings(vol))
     assert r.outcome == Outcome.PERMANENT and r.reason == Reason.CONFIG_ERROR, r.message
-    assert "bubblewrap" in r.message and f"{sandbox.ENV_SWITCH}=off" in r.message
+    assert "bubblewrap" in r.message and "imageSandbox: false in config.yaml" in r.message
     assert os.listdir(vol) == []
     monkeypatch.setattr(sandbox, "_preflight_done", False)  # the next test gets a real preflight
 
