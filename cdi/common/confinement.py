@@ -172,7 +172,8 @@ def preload(packages: Iterable[str] = ()) -> None:
     for pkg in packages:
         mod = importlib.import_module(pkg)
         for info in pkgutil.walk_packages(getattr(mod, "__path__", []), prefix=f"{pkg}."):
-            importlib.import_module(info.name)
+            if info.name.rpartition(".")[2] != "__main__":  # a package's __main__ runs the worker
+                importlib.import_module(info.name)
 
 
 def rewrite(env: Mapping[str, str], spec: Spec) -> dict[str, str]:
