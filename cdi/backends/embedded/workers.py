@@ -55,7 +55,7 @@ ENTRYPOINTS: dict[str, list[str]] = {
 # The packages each worker loads in full before it drops its privileges.
 PRELOAD: dict[str, tuple[str, ...]] = {
     "importer": ("importers", "cdi.datapath"),
-    "upload-server": ("uploadproxy", "cdi.datapath"),
+    "upload-server": ("uploadproxy.server", "uploadproxy.httputil", "cdi.datapath"),  # not the proxy's TLS/tokens
 }
 
 # Only these variables of the controller's environment reach a worker (plus its own settings).
