@@ -132,10 +132,12 @@ def enter(env: Mapping[str, str]) -> dict[str, str]:
     # opened in the new namespace (a bind mount's source must be in it), before /tmp is covered
     fds = _open_grants(spec.grants)
     try:
-        _private_mounts(libc, spec, fds)
-    except BaseException:
-        libc.umount2(b"/tmp", _MNT_DETACH)  # the host's /tmp again: the caller can still report
-        raise
+        _mount(libc, "tmpfs", "/tmp", "tmpfs", _MS_NOSUID | _MS_NODEV, f"size={TMP_SIZE},mode=1777,uid=0,gid=0")
+        try:
+            _bind_grants(libc, spec, fds)
+        except BaseException:
+            libc.umount2(b"/tmp", _MNT_DETACH)  # the host's /tmp again: the caller can still report
+            raise
     finally:
         for fd in fds.values():
             os.close(fd)
@@ -233,9 +235,8 @@ def _open_grants(grants: tuple[Grant, ...]) -> dict[str, int]:
     return fds
 
 
-def _private_mounts(libc: ctypes.CDLL, spec: Spec, fds: dict[str, int]) -> None:
-    _mount(libc, "tmpfs", "/tmp", "tmpfs", _MS_NOSUID | _MS_NODEV,
-           f"size={TMP_SIZE},mode=1777,uid=0,gid=0")
+def _bind_grants(libc: ctypes.CDLL, spec: Spec, fds: dict[str, int]) -> None:
+    """Bind each grant (from its descriptor) under ROOT on the private /tmp, hardened."""
     os.mkdir(ROOT, 0o755)
     for g in spec.grants:
         target = spec.seen_as(g)

@@ -194,11 +194,12 @@ class LocalWorkers:
                 if not stat.S_ISBLK(st.st_mode):
                     raise PermanentError(f"{g.path} is not a block device")
                 restore.append({"path": g.path, "uid": st.st_uid, "gid": st.st_gid, "mode": stat.S_IMODE(st.st_mode)})
-                os.chown(g.path, uid, gid)
-                os.chmod(g.path, 0o600)
-            else:
-                os.chown(g.path, uid, gid)
+        # recorded before anything changes hands: a controller that dies here still takes it back
         _write_json(os.path.join(self._dir(name), GRANTS), {"uid": uid, "devices": restore})
+        for g in grants:
+            os.chown(g.path, uid, gid)
+            if g.kind == confinement.DEVICE:
+                os.chmod(g.path, 0o600)
         _chown_tree(run, uid, gid)
         spec = confinement.Spec(
             uid, gid, (Grant(confinement.RUN, run), *grants), PRELOAD.get(entrypoint, ()),
