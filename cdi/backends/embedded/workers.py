@@ -123,9 +123,21 @@ class LocalWorkers:
         return d
 
     def ids(self, name: str) -> tuple[int, int]:
-        """The uid and gid worker ``name`` runs as."""
-        n = self.uid_base + zlib.crc32(name.encode()) % self.uid_count
-        return n, n
+        """The uid and gid for a new run of worker ``name``: derived from its name, moved on to the
+        next free one while another worker that has not been released holds it (two workers must
+        never share a uid: the end of one kills every process of its uid)."""
+        taken = set()
+        for other in os.listdir(self.root):
+            if other != name:
+                rec = read_worker_file(os.path.join(self.root, other, GRANTS), 4096)
+                with contextlib.suppress(ValueError, TypeError, KeyError, AttributeError):
+                    taken.add(int(json.loads(rec or "")["uid"]))
+        n = zlib.crc32(name.encode()) % self.uid_count
+        for i in range(self.uid_count):
+            uid = self.uid_base + (n + i) % self.uid_count
+            if uid not in taken:
+                return uid, uid
+        raise PermanentError(f"all {self.uid_count} worker uids are in use; raise workerUidCount in config.yaml")
 
     def _read_pid(self, name: str) -> tuple[int, str] | None:
         text = read_worker_file(os.path.join(self._dir(name), "pid"), 256)

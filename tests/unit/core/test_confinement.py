@@ -53,3 +53,26 @@ def test_preloading_the_worker_packages_does_not_run_a_worker() -> None:
         [sys.executable, "-c", "from cdi.common import confinement; import sys; "
          "confinement.preload(('importers',)); print(sorted(sys.modules))"],
         capture_output=True, text=True, timeout=60, env=env, check=True).stdout
+
+
+def test_two_workers_never_share_a_uid(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from cdi.backends.embedded.workers import GRANTS, LocalWorkers
+
+    base = 2_000_000
+    workers = LocalWorkers(str(tmp_path / "workers"), isolate=False, uid_base=base, uid_count=3)
+    first, _ = workers.ids("importer-default.a")
+    assert base <= first < base + 3 and workers.ids("importer-default.a") == (first, first)
+
+    def hold(holder: str, uid: int) -> None:
+        os.makedirs(tmp_path / "workers" / holder)
+        (tmp_path / "workers" / holder / GRANTS).write_text(json.dumps({"uid": uid, "devices": []}))
+
+    second = base + (first - base + 1) % 3
+    hold("importer-default.b", first)  # a running worker holds a's uid: a moves on, past b's too
+    hold("importer-default.c", second)
+    assert workers.ids("importer-default.a")[0] == base + (first - base + 2) % 3
+    hold("importer-default.d", base + (first - base + 2) % 3)
+    with pytest.raises(Exception, match="worker uids are in use"):
+        workers.ids("importer-default.a")
