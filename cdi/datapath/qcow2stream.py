@@ -81,8 +81,6 @@ MAX_TABLE = 32 << 20  # an L1 table larger than this is not a sane image (4 PiB 
 INFLATE_THREADS = 2  # zlib and zstd release the GIL: compressed clusters inflate in parallel
 INFLATE_INFLIGHT = 64  # compressed clusters queued or inflating at once (bounds memory)
 SLACK = 16 << 20  # header extensions, a snapshot table, bitmaps, leaked clusters (see max_file_size)
-SEGMENT = 64 << 10  # zero detection granularity of the spool
-_ZEROS = bytearray(SEGMENT)  # bytearray == memoryview is a memcmp
 
 
 class Qcow2Error(PermanentError):
@@ -214,17 +212,14 @@ class Spool:
             self.path = self._make_path()
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         end = offset + n
-        seg = 0
         data_start = -1  # start of the pending run of non-zero segments
-        while seg < n:
-            seg_end = min(n, seg + SEGMENT - (offset + seg) % SEGMENT)
-            if (_ZEROS if seg_end - seg == SEGMENT else bytearray(seg_end - seg)) == view[seg:seg_end]:
+        for seg, _seg_end, zero in sparse.segments(offset, view):
+            if zero:
                 if data_start >= 0:
                     self._write(offset + data_start, view[data_start:seg])
                     data_start = -1
             elif data_start < 0:
                 data_start = seg
-            seg = seg_end
         if data_start >= 0:
             self._write(offset + data_start, view[data_start:n])
         if end > self._size:
@@ -501,7 +496,11 @@ class Decoder:
                 dctx = getattr(self._local, "dctx", None)
                 if dctx is None:
                     dctx = self._local.dctx = self._zstd.ZstdDecompressor()
-                out: bytes = dctx.decompressobj().decompress(data)
+                # at most one cluster: a few KB of zstd may stand for gigabytes (decompressobj has no limit)
+                reader = dctx.stream_reader(data)
+                out = b""
+                while len(out) < cs and (more := reader.read(cs - len(out))):
+                    out += more
             else:
                 out = zlib.decompressobj(-12).decompress(data, cs)
         except Exception as e:

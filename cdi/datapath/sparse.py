@@ -21,7 +21,7 @@ import stat
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from cdi.common.units import human_bytes
@@ -314,6 +314,17 @@ class ChunkReader:
         self.close()
 
 
+def segments(offset: int, view: memoryview) -> Iterator[tuple[int, int, bool]]:
+    """``(start, end, is_zero)`` of ``view``'s zero-detection segments (indexes into ``view``),
+    aligned to the absolute ``offset`` of its first byte, not to the view."""
+    n = len(view)
+    seg = 0
+    while seg < n:
+        seg_end = min(n, seg + SEGMENT - (offset + seg) % SEGMENT)
+        yield seg, seg_end, (_ZEROS if seg_end - seg == SEGMENT else bytearray(seg_end - seg)) == view[seg:seg_end]
+        seg = seg_end
+
+
 class SparseWriter:
     """Writes ``view``s to a target: data segments are written, runs of zero segments become
     one ``target.zero`` (coalesced across calls while the offsets follow on)."""
@@ -331,14 +342,12 @@ class SparseWriter:
             target.zero(zero_start, zero_end - zero_start)
             zero_start = -1
         n = len(view)
-        seg = 0
         data_start = -1
         fine = target.prezeroed
         try:
-            while seg < n:
-                # segments (and blocks) are aligned to the target's offsets, not to this call's
-                seg_end = min(n, seg + SEGMENT - (offset + seg) % SEGMENT)
-                if (_ZEROS if seg_end - seg == SEGMENT else bytearray(seg_end - seg)) == view[seg:seg_end]:
+            # segments (and blocks) are aligned to the target's offsets, not to this call's
+            for seg, seg_end, zero in segments(offset, view):
+                if zero:
                     if data_start >= 0:
                         target.write(offset + data_start, view[data_start:seg])
                         self.data_bytes += seg - data_start
@@ -366,7 +375,6 @@ class SparseWriter:
                             blk = blk_end
                     elif data_start < 0:
                         data_start = seg
-                seg = seg_end
             if data_start >= 0:
                 target.write(offset + data_start, view[data_start:n])
                 self.data_bytes += n - data_start

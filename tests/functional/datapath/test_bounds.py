@@ -14,6 +14,7 @@ import os
 import random
 import struct
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import ClassVar
@@ -490,3 +491,45 @@ def test_a_device_target_reads_zeros_where_no_cluster_was_written(tmp_path: Path
     expected = bytearray(2 * MiB)
     expected[5 * CS : 6 * CS] = data
     assert out.read_bytes() == expected
+
+
+def test_a_zstd_cluster_that_inflates_to_a_gigabyte_costs_one_cluster(tmp_path: Path) -> None:
+    """A compressed cluster holds at most one cluster: a zstd frame of 1 GiB of zeros (32 KB) in
+    place of a real cluster is cut at the cluster size while inflating, not after."""
+    raw = tmp_path / "one.raw"
+    data = random.Random(8).randbytes(40 << 10)  # compresses, but to more than the bomb's 32 KB
+    raw.write_bytes(data + bytes(MiB - len(data)))
+    img = tmp_path / "bomb.qcow2"
+    images.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", "-c", "-o", "compression_type=zstd",
+                str(raw), str(img)])
+    blob = bytearray(img.read_bytes())
+    l1_offset, = struct.unpack_from(">Q", blob, 40)
+    l2_offset = struct.unpack_from(">Q", blob, l1_offset)[0] & qcow2stream.OFFSET_MASK
+    entry, = struct.unpack_from(">Q", blob, l2_offset)
+    assert entry & COMPRESSED
+    x = 62 - (16 - 8)
+    coff = entry & ((1 << x) - 1)
+    room = (((entry >> x) & 0xFF) + 1) * 512 - (coff & 511)
+    bomb = zstandard.ZstdCompressor(level=19).compress(bytes(1 << 30))
+    assert len(bomb) <= room  # the bomb fits where the cluster's compressed data was
+    blob[coff : coff + len(bomb)] = bomb
+    img.write_bytes(blob)
+    vol = tmp_path / "v"
+    vol.mkdir()
+    probe = (
+        "import resource, sys\n"
+        "from cdi.api.contract import ImportSettings\n"
+        "from cdi.datapath import processor\n"
+        "from cdi.datapath.filesource import FileSource\n"
+        "from cdi.datapath.progress import ProgressReporter\n"
+        f"r = processor.run(FileSource({str(img)!r}), ImportSettings(source='http', image_size={CAPACITY}, "
+        f"data_dir={str(vol)!r}), ProgressReporter(None))\n"
+        "print(r.outcome, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+    )
+    p = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert p.returncode == 0, p.stderr
+    outcome, maxrss_kib = p.stdout.split()
+    assert outcome == "Succeeded"
+    assert int(maxrss_kib) < 200 * 1024  # KiB: nowhere near the gigabyte the frame stands for
+    assert (vol / "disk.img").read_bytes()[:MiB] == bytes(MiB)  # the cluster reads as the frame's zeros
