@@ -37,12 +37,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import fcntl
 import json
 import logging
 import os
 import signal
 import ssl
+import stat
 import sys
 import time
 from collections.abc import Callable
@@ -51,7 +53,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cdi.api import upload as api
-from cdi.api.naming import worker_run_dir
+from cdi.api.contract import read_worker_file
+from cdi.api.naming import worker_held_secret
 from cdi.common import documents
 from uploadproxy import httputil
 from uploadproxy.tokens import KeyRing, TokenError, bearer
@@ -218,11 +221,8 @@ class Proxy:
                              f"the upload server for {ns}/{name} is not ready; try again in a few seconds",
                              {"Retry-After": "2"})
         addr = a[api.UPLOAD_SERVER]
-        secret = b""
-        with contextlib.suppress(OSError), open(
-                os.path.join(worker_run_dir(self.data_dir, api.worker_name(ns, name)),
-                             api.AUTH_FILE), "rb") as f:
-            secret = f.read().strip()
+        held = worker_held_secret(self.data_dir, api.worker_name(ns, name), api.AUTH_FILE)
+        secret = (read_worker_file(held, 256) or "").strip().encode()
         return ("unix" if addr.startswith("unix:") else "tcp", addr, secret)
 
     async def connect_target(self, ns: str, name: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
@@ -238,7 +238,7 @@ class Proxy:
                 kind, addr, secret = found
                 try:
                     if kind == "unix":
-                        r, w = await asyncio.open_unix_connection(addr[5:], limit=4 * CHUNK)
+                        r, w = await _open_worker_socket(addr[5:])
                     else:
                         host, _, port = addr.rpartition(":")
                         r, w = await asyncio.open_connection(host, int(port), limit=4 * CHUNK)
@@ -539,6 +539,24 @@ class Proxy:
             n = int(headers.get("content-length") or 0)
             body = await sr.readexactly(min(n, MAX_HEADER)) if n else b""
         return status, headers, body
+
+
+async def _open_worker_socket(path: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Connect to the upload server's socket, which lives in a directory its (unprivileged) worker
+    owns: the worker could put a link there, or a hard link to another service's socket, and make
+    the proxy (root) deliver a client's bytes to it. Only a socket owned by the directory's owner,
+    reached without following links, is connected to."""
+    try:
+        fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        raise OSError(e.errno, f"{e.strerror} (the upload server's socket)") from None
+    try:
+        st, owner = os.fstat(fd), os.lstat(os.path.dirname(path)).st_uid
+        if not stat.S_ISSOCK(st.st_mode) or st.st_uid != owner:
+            raise OSError(errno.EPERM, "the upload server's socket is not a socket its worker made")
+        return await asyncio.open_unix_connection(f"/proc/self/fd/{fd}", limit=4 * CHUNK)
+    finally:
+        os.close(fd)
 
 
 class _ClientGone(Exception):

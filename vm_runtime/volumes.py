@@ -94,6 +94,9 @@ def _require(resolved: Mapping[str, ResolvedVolume], v: Volume) -> ResolvedVolum
         raise VolumeNotReady(f"volume {v.name!r}: disk {path} does not exist (is the DataVolume complete?)")
     if r.mode == VolumeMode.BLOCK and not stat.S_ISBLK(os.stat(path).st_mode):
         raise DomainError(f"volume {v.name!r} is a Block volume but {path} is not a block device")
+    if r.mode == VolumeMode.FILESYSTEM and not stat.S_ISREG(os.lstat(path).st_mode):
+        raise DomainError(f"volume {v.name!r}: disk {path} is not a regular file (a link or a device); a "
+                          "Filesystem volume's disk must be the image itself: import the DataVolume again")
     return r
 
 

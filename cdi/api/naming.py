@@ -19,6 +19,7 @@ import os.path
 MAX_WORKER_NAME = 80
 _DIGEST = 12
 RUN_DIR = "run"  # the part of a worker's directory that belongs to the worker (embedded backend)
+SECRETS_DIR = "secrets"  # secrets, in the run dir (the worker's copy) and beside it (the controller's)
 
 
 def worker_name(kind: str, namespace: str, name: str) -> str:
@@ -33,3 +34,9 @@ def worker_name(kind: str, namespace: str, name: str) -> str:
 def worker_run_dir(data_dir: str, wname: str) -> str:
     """Where the embedded backend keeps worker ``wname``'s own files (result, state, secrets)."""
     return os.path.join(data_dir, "workers", wname, RUN_DIR)
+
+
+def worker_held_secret(data_dir: str, wname: str, filename: str) -> str:
+    """The controller side's copy of a secret it shares with worker ``wname``: in the root-owned
+    worker directory, out of the worker's reach (it could replace its own copy with a link)."""
+    return os.path.join(data_dir, "workers", wname, SECRETS_DIR, filename)

@@ -78,7 +78,7 @@ ENV_DEADLINE = "UPLOAD_DEADLINE"  # unix time after which an idle server exits (
 
 STATE_FILE = "upload-state.json"
 SOCKET_FILE = "upload.sock"
-AUTH_FILE = "secrets/proxy-auth"  # in the worker's run dir; secrets/ is removed when the server ends
+AUTH_FILE = "proxy-auth"  # the shared secret: the server's copy and the proxy's (naming.worker_held_secret)
 
 # Server states (upload-state.json "state").
 ST_STARTING = "Starting"

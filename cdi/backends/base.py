@@ -82,6 +82,11 @@ class WorkerRunner(Protocol):
         soon as the worker has ended."""
         ...
 
+    def held_secret(self, name: str, filename: str) -> str:
+        """A path for the controller side's own copy of a secret shared with the worker, out of
+        the worker's reach, removed when the worker has ended."""
+        ...
+
     def start(self, name: str, entrypoint: str, env: dict[str, str], grants: Sequence[Grant] = ()) -> None:
         """Start worker ``name`` (``entrypoint`` is "importer" or "upload-server"); ``grants`` are
         the only paths of the machine it may use besides its workdir (its volume, its scratch)."""

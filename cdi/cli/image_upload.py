@@ -26,7 +26,6 @@ import argparse
 import contextlib
 import hashlib
 import http.client
-import json
 import os
 import random
 import select
@@ -39,6 +38,7 @@ from typing import Any, BinaryIO, TextIO
 from urllib.parse import urlsplit
 
 from cdi.api import upload as api
+from cdi.api.contract import read_worker_json
 from cdi.api.naming import worker_run_dir
 from cdi.cli.context import CLIError, Context
 
@@ -716,12 +716,8 @@ def _read_response(sock: socket.socket, got: bytes) -> Response:
 
 
 def _read_json(path: str) -> dict[str, Any]:
-    try:
-        with open(path) as f:
-            d = json.load(f)
-    except (OSError, ValueError):
-        return {}
-    return d if isinstance(d, dict) else {}
+    """A worker's JSON file (the worker owns its directory: no links, FIFOs or huge files)."""
+    return read_worker_json(path) or {}
 
 
 def _condition(status: dict[str, Any], type_: str) -> dict[str, Any]:

@@ -16,8 +16,10 @@ on them). Should any of that be subverted, the worker must not be able to reach 
   capabilities, ``no_new_privs`` (no setuid binary can give them back) and not dumpable (no other
   process of the uid can read its memory or ``/proc/<pid>/root``). It checks that the drop held.
 - After that the worker can read only what any unprivileged user can read, and write only its
-  volume, its scratch and run directories and its private ``/tmp``. The data dir (0700) and
-  every other volume are out of reach; so are ``/etc/shadow`` and block devices.
+  volume, its scratch and run directories and its private ``/tmp`` (``/var/tmp``, ``/dev/shm``
+  and ``/run/lock``, which anyone may write on the host, are small empty tmpfs here too). The
+  data dir (0700) and every other volume are out of reach; so are ``/etc/shadow`` and block
+  devices. When it has ended, the runner gives its volume back to root, so it keeps nothing.
 
 The mount namespace is needed because the worker's directories live under the 0700 data dir,
 which the worker's uid cannot traverse; a bind mount under ``/tmp/cdi`` shows the worker just
@@ -53,6 +55,7 @@ ROOT = "/tmp/cdi"  # where the worker sees what it was given
 RUN = "run"  # the run directory's mount name
 TMP_SIZE = "64m"  # the private /tmp: sockets, nbdkit's small files; images go to scratch, never here
 DIR, DEVICE = "dir", "device"
+SHARED_WRITABLE = ("/var/tmp", "/dev/shm", "/run/lock")  # world-writable besides /tmp
 
 # Modules loaded lazily by code the workers run (stdlib codecs and parsers, compression).
 PRELOAD = (
@@ -135,6 +138,10 @@ def enter(env: Mapping[str, str]) -> dict[str, str]:
         _mount(libc, "tmpfs", "/tmp", "tmpfs", _MS_NOSUID | _MS_NODEV, f"size={TMP_SIZE},mode=1777,uid=0,gid=0")
         try:
             _bind_grants(libc, spec, fds)
+            for shared in SHARED_WRITABLE:  # other places any user may write: empty and small here
+                if os.path.isdir(shared):
+                    _mount(libc, "tmpfs", shared, "tmpfs", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC,
+                           "size=1m,mode=1777,uid=0,gid=0")
         except BaseException:
             libc.umount2(b"/tmp", _MNT_DETACH)  # the host's /tmp again: the caller can still report
             raise
@@ -150,6 +157,8 @@ def enter(env: Mapping[str, str]) -> dict[str, str]:
     os.chdir(os.path.join(ROOT, RUN) if any(g.name == RUN for g in spec.grants) else "/tmp")
     drop(spec.uid, spec.gid)
     sys.meta_path.append(_NotPreloaded())
+    log.info("confined: uid %d, no capabilities, seeing %s", spec.uid,
+             ", ".join(spec.seen_as(g) for g in spec.grants))
     return out
 
 

@@ -25,6 +25,7 @@ import copy
 import logging
 import os
 import shutil
+import stat
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -32,7 +33,7 @@ from typing import Any, Protocol
 from cdi.api import annotations as ann
 from cdi.api import conditions as cond
 from cdi.api import naming
-from cdi.api.contract import BLOCK, ImportSettings, Outcome, Reason
+from cdi.api.contract import BLOCK, ImportSettings, Outcome, Reason, WorkerResult
 from cdi.api.phases import TERMINAL_PHASES, DataVolumePhase
 from cdi.api.redact import redact_url
 from cdi.backends.base import VolumeInfo, VolumeProvisioner, WorkerRunner, WorkerStatus
@@ -232,15 +233,15 @@ class DataVolumeController:
             self._set_progress(status, ws, running=True)
             return 0.5
 
-        return self._finished(dv, status, pvc, req, ws, restarts, resumes_before)
+        return self._finished(dv, status, pvc, req, vol, ws, restarts, resumes_before)
 
     def _finished(
-        self, dv: Obj, status: dict[str, Any], pvc: Obj, req: StorageRequest, ws: WorkerStatus,
+        self, dv: Obj, status: dict[str, Any], pvc: Obj, req: StorageRequest, vol: VolumeInfo, ws: WorkerStatus,
         restarts: int, resumes_before: int,
     ) -> float | None:
         name = dv["metadata"]["name"]
         now = now_iso()
-        result = ws.result
+        result = checked_result(ws.result, vol, (dv.get("spec") or {}).get("contentType") or "kubevirt")
         if result is not None and result.outcome == Outcome.SUCCEEDED:
             self._set_progress(status, ws, running=False)
             status["progress"] = "100.0%"
@@ -566,6 +567,25 @@ def finalize_claim(store: Store, volumes: VolumeProvisioner, namespace: str, nam
     volumes.release(pvc["metadata"]["uid"])
     pvc["metadata"]["finalizers"] = [f for f in pvc["metadata"].get("finalizers") or [] if f != ann.PVC_FINALIZER]
     store.update(pvc, check_rv=False)
+
+
+def checked_result(result: WorkerResult | None, vol: VolumeInfo, content_type: str) -> WorkerResult | None:
+    """A worker's word that it succeeded, held against the volume: a Filesystem disk must be a
+    regular file (a subverted worker could leave ``disk.img`` as a link to a host file or device,
+    which a VM would then open as root)."""
+    if result is None or result.outcome != Outcome.SUCCEEDED or vol.volume_mode == BLOCK or content_type == "archive":
+        return result
+    try:
+        st = os.lstat(vol.disk_path)
+    except OSError as e:
+        problem = f"there is no {vol.disk_path} ({e.strerror})"
+    else:
+        problem = "" if stat.S_ISREG(st.st_mode) else f"{vol.disk_path} is not a regular file"
+    if not problem:
+        return result
+    return WorkerResult(Outcome.PERMANENT, str(Reason.UNSAFE_IMAGE),
+                        f"the worker reported success, but {problem}; the volume is not used: delete the "
+                        "DataVolume and import again")
 
 
 def scratch_dir(data_dir: str, wname: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import os
 import shutil
 
@@ -40,8 +41,11 @@ def _fresh_dir(path: str) -> str:
     return path
 
 
-def _write_private(path: str, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+def write_private(path: str, data: bytes) -> None:
+    """A new file only its owner may read (an existing one is replaced, never written through)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
 
@@ -56,9 +60,9 @@ def write_configmap(store: Store, namespace: str, name: str, directory: str, fie
         )
     _fresh_dir(directory)
     for k, v in (obj.get("data") or {}).items():
-        _write_private(os.path.join(directory, os.path.basename(k)), str(v).encode())
+        write_private(os.path.join(directory, os.path.basename(k)), str(v).encode())
     for k, v in (obj.get("binaryData") or {}).items():
-        _write_private(os.path.join(directory, os.path.basename(k)), base64.b64decode(v))
+        write_private(os.path.join(directory, os.path.basename(k)), base64.b64decode(v))
     return directory
 
 
@@ -68,5 +72,5 @@ def write_secret_headers(store: Store, namespace: str, names: list[str], directo
     for i, name in enumerate(names):
         values = secret_values(store, namespace, name, f"spec.source.http.secretExtraHeaders[{i}]")
         for k, v in sorted(values.items()):
-            _write_private(os.path.join(directory, f"{i:02d}-{os.path.basename(k)}"), v.strip())
+            write_private(os.path.join(directory, f"{i:02d}-{os.path.basename(k)}"), v.strip())
     return directory

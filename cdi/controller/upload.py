@@ -42,7 +42,8 @@ from cdi.backends.base import VolumeInfo, WorkerStatus
 from cdi.common.errors import NotFoundError
 from cdi.common.locks import lock_held
 from cdi.common.units import human_bytes
-from cdi.controller.datavolume import PVC, DataVolumeController, scratch_dir, worker_grants
+from cdi.controller.datavolume import PVC, DataVolumeController, checked_result, scratch_dir, worker_grants
+from cdi.controller.secrets import write_private
 from cdi.controller.storage import StorageRequest, resolve, too_small_message
 from cdi.store.sqlite import Obj, now_iso
 
@@ -182,7 +183,10 @@ class UploadDriver:
                    checksum: str | None, preallocation: bool, wname: str) -> dict[str, str]:
         cfg = self.ctx.config
         workdir = self.ctx.workers.workdir(wname)
-        self.ctx.workers.secrets_dir(wname)
+        secret = secrets.token_urlsafe(32).encode()
+        auth = os.path.join(self.ctx.workers.secrets_dir(wname), api.AUTH_FILE)
+        write_private(auth, secret)
+        write_private(self.ctx.workers.held_secret(wname, api.AUTH_FILE), secret)  # the proxy's
         scratch = scratch_dir(cfg.data_dir, wname)
         settings = ImportSettings(
             source="upload",
@@ -200,10 +204,6 @@ class UploadDriver:
             owner_uid=uid,
         )
         env = settings.to_env()
-        auth = os.path.join(workdir, api.AUTH_FILE)
-        fd = os.open(auth, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_urlsafe(32))
         sock = os.path.join(workdir, api.SOCKET_FILE)
         ucfg = upload_config(cfg.data_dir)
         env.update({
@@ -268,7 +268,7 @@ class UploadDriver:
             return obs
 
         # The worker ended.
-        result = ws.result
+        result = checked_result(ws.result, vol, content_type)
         self._claim(pvc, {api.POD_READY: "false", api.UPLOAD_SERVER: ""})
         if result is not None and result.outcome == Outcome.SUCCEEDED:
             extra = {ann.POD_PHASE: "Succeeded"}

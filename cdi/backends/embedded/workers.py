@@ -63,7 +63,7 @@ _PASS_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "http_proxy", "https_pr
              "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "PYTHONPATH")
 
 RUN_DIR = naming.RUN_DIR
-SECRETS_DIR = "secrets"
+SECRETS_DIR = naming.SECRETS_DIR
 GRANTS = "grants.json"
 UID_BASE = 1_500_000_000
 UID_COUNT = 1_000_000
@@ -121,6 +121,16 @@ class LocalWorkers:
         shutil.rmtree(d, ignore_errors=True)
         os.mkdir(d, 0o700)
         return d
+
+    def held_secret(self, name: str, filename: str) -> str:
+        """Where the controller side keeps its copy of a secret it shares with worker ``name``
+        (root's, beside the run dir: never one the worker could have replaced); deleted when the
+        worker ends, like its secrets_dir."""
+        self.workdir(name)
+        d = os.path.join(self._dir(name), SECRETS_DIR)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(d, 0o700)
+        return os.path.join(d, filename)
 
     def ids(self, name: str) -> tuple[int, int]:
         """The uid and gid for a new run of worker ``name``: derived from its name, moved on to the
@@ -197,17 +207,20 @@ class LocalWorkers:
 
     def _grant(self, name: str, entrypoint: str, run: str, grants: Sequence[Grant]) -> str:
         """Give the worker's uid its run directory and ``grants``; returns the confinement spec."""
+        self._release(name, keep_secrets=True)  # what an earlier run was given, if a crash left it out
         uid, gid = self.ids(name)
         _kill_uid(uid)  # nothing of an earlier run of this uid may still be around
         restore: list[dict[str, object]] = []
         for g in grants:
-            st = os.stat(g.path)
-            if g.kind == confinement.DEVICE:
-                if not stat.S_ISBLK(st.st_mode):
-                    raise PermanentError(f"{g.path} is not a block device")
-                restore.append({"path": g.path, "uid": st.st_uid, "gid": st.st_gid, "mode": stat.S_IMODE(st.st_mode)})
+            st = os.lstat(g.path)
+            if g.kind == confinement.DEVICE and not stat.S_ISBLK(st.st_mode):
+                raise PermanentError(f"{g.path} is not a block device")
+            if g.kind != confinement.DEVICE and not stat.S_ISDIR(st.st_mode):
+                raise PermanentError(f"{g.path} is not a directory")
+            restore.append({"path": g.path, "kind": g.kind, "uid": st.st_uid, "gid": st.st_gid,
+                            "mode": stat.S_IMODE(st.st_mode)})
         # recorded before anything changes hands: a controller that dies here still takes it back
-        _write_json(os.path.join(self._dir(name), GRANTS), {"uid": uid, "devices": restore})
+        _write_json(os.path.join(self._dir(name), GRANTS), {"uid": uid, "grants": restore})
         for g in grants:
             os.chown(g.path, uid, gid)
             if g.kind == confinement.DEVICE:
@@ -218,8 +231,10 @@ class LocalWorkers:
         )
         return spec.to_env()
 
-    def _release(self, name: str) -> None:
-        """The worker has ended: take back what it was given and delete its secrets (idempotent)."""
+    def _release(self, name: str, keep_secrets: bool = False) -> None:
+        """The worker has ended: kill what is left of its uid, give its volume, scratch and device
+        back to their owner (everything the worker made in them included: it keeps nothing it could
+        come back to), and delete its secrets (idempotent)."""
         path = os.path.join(self._dir(name), GRANTS)
         try:
             with open(path) as f:
@@ -228,11 +243,16 @@ class LocalWorkers:
             granted = None
         if granted is not None:
             _kill_uid(int(granted["uid"]))
-            for dev in granted.get("devices") or []:
+            for g in granted.get("grants") or []:
                 with contextlib.suppress(OSError):
-                    os.chown(str(dev["path"]), int(dev["uid"]), int(dev["gid"]))
-                    os.chmod(str(dev["path"]), int(dev["mode"]))
-        shutil.rmtree(os.path.join(self._run_dir(name), SECRETS_DIR), ignore_errors=True)
+                    if g["kind"] == confinement.DEVICE:
+                        os.chown(str(g["path"]), int(g["uid"]), int(g["gid"]))
+                        os.chmod(str(g["path"]), int(g["mode"]))
+                    else:
+                        _chown_tree(str(g["path"]), int(g["uid"]), int(g["gid"]))
+        if not keep_secrets:
+            for d in (os.path.join(self._run_dir(name), SECRETS_DIR), os.path.join(self._dir(name), SECRETS_DIR)):
+                shutil.rmtree(d, ignore_errors=True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
 

@@ -68,11 +68,16 @@ def test_a_worker_runs_as_its_own_uid_with_no_capabilities_and_sees_only_its_vol
     seen = subprocess.run(["nsenter", "-t", str(pid), "-m", "ls", "-a", "/tmp", "/tmp/cdi"],
                           capture_output=True, text=True, check=True).stdout.split()
     assert set(seen) - {"/tmp:", "/tmp/cdi:", ".", ".."} == {"cdi", "run", "volume", "scratch"}, seen
+    volume = cluster.pvc("confined")["metadata"]["annotations"][ann.VOLUME_PATH]
+    assert os.stat(volume).st_uid == uid  # the volume is the worker's while it runs
+    shm = subprocess.run(["nsenter", "-t", str(pid), "-m", "findmnt", "-n", "-o", "FSTYPE", "/dev/shm"],
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert shm[-1:] == ["tmpfs"]
 
     dv = cluster.wait_phase("confined", timeout=60)
     assert dv["status"]["phase"] == "Succeeded", dv["status"]
     disk = cluster.pvc("confined")["metadata"]["annotations"][ann.DISK_PATH]
-    assert os.stat(disk).st_uid == uid  # written by the worker, as itself
+    assert os.stat(disk).st_uid == 0 and os.stat(volume).st_uid == 0  # given back: it keeps nothing
     assert images.sha256_of(disk, os.path.getsize(raw)) == images.sha256_of(raw)
     # nothing of that uid is left running, and nothing was left to take back
     wdir = Path(cluster.data_dir, "workers", worker_name("default", "confined"))
@@ -269,7 +274,8 @@ def test_an_upload_with_a_253_character_name_runs_confined_and_leaves_no_secret(
     wdir = Path(env.data_dir, "workers", upload_api.worker_name("default", name))
     log = (wdir / "log").read_text()
     assert "listening on unix:/tmp/cdi/run/upload.sock" in log or "listening on 127.0.0.1:" in log, log[-2000:]
-    assert os.stat(env.disk_path(name)).st_uid >= 1_000_000  # the confined server wrote it
+    assert os.stat(env.disk_path(name)).st_uid == 0  # written by the confined server, then given back
+    assert "confined: uid 1" in log and "/tmp/cdi/volume" in log
     assert not (wdir / "run" / "secrets").exists()  # the proxy's shared secret went with the server
 
 
