@@ -40,6 +40,7 @@ without following links.
 
 from __future__ import annotations
 
+import collections
 import errno
 import io
 import os
@@ -76,7 +77,7 @@ _KINDS = "an archive for a volume holds files, directories and links"
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _ZEROS = bytes(COPY)
-_FD_CACHE = 512
+_FD_CACHE = 256
 
 
 def unsafe(name: str, why: str) -> PermanentError:
@@ -135,9 +136,9 @@ def _parts(name: str, text: str, what: str) -> tuple[str, ...]:
 def check_member(m: tarfile.TarInfo) -> tuple[str, ...]:
     """Checks that need only the header; returns the name as path components."""
     name = m.name
-    if name.startswith("/") or posixpath.isabs(name):
+    if posixpath.isabs(name):
         raise unsafe(name, "has an absolute path; CDI extracts relative paths only")
-    if m.ischr() or m.isblk() or m.isfifo() or m.isdev():
+    if m.isdev():  # character and block devices and FIFOs
         raise unsafe(name, f"is a device node or FIFO; {_KINDS}")
     parts = _parts(name, name, "name")
     if parts and parts[0].startswith(STAGING_PREFIX):
@@ -214,14 +215,26 @@ class _Dirs:
     def __init__(self, root: int) -> None:
         self.root = root
         self.cache: dict[tuple[str, ...], int] = {}
+        self._recent: collections.deque[tuple[str, ...]] = collections.deque(maxlen=2)
 
     def get(self, parts: tuple[str, ...], name: str, create: bool) -> int:
-        """The fd of directory ``parts`` (made if missing and ``create``; else FileNotFoundError)."""
+        """The fd of directory ``parts`` (made if missing and ``create``; else FileNotFoundError).
+
+        It stays valid until the next call but one (a hard link needs two at once): past
+        ``_FD_CACHE`` the others are closed first, so a deep name or a long chain of links never
+        runs the process out of descriptors (at most ``_FD_CACHE`` + ``MAX_DEPTH`` + 2 open)."""
         if not parts:
             return self.root
         fd = self.cache.get(parts)
-        if fd is not None:
-            return fd
+        if fd is None:
+            if len(self.cache) >= _FD_CACHE:
+                for key in [k for k in self.cache if k not in self._recent]:
+                    os.close(self.cache.pop(key))
+            fd = self._walk(parts, name, create)
+        self._recent.append(parts)
+        return fd
+
+    def _walk(self, parts: tuple[str, ...], name: str, create: bool) -> int:
         i = len(parts) - 1
         while i > 0 and parts[:i] not in self.cache:
             i -= 1

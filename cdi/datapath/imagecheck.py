@@ -59,7 +59,8 @@ def _show(raw: bytes | str, limit: int = 120) -> str:
 
 
 def check_head(fmt: str, head: bytes) -> None:
-    """Refuse what the first bytes show is not self-contained (``fmt`` as ``formats.sniff`` says)."""
+    """Refuse what the first bytes show is not self-contained (``fmt`` as ``formats.sniff`` says;
+    a vhdx's parents lie beyond the head: ``check_vhdx``)."""
     if fmt == formats.VMDK:
         check_vmdk(head)
     elif fmt == formats.QCOW2:
@@ -68,8 +69,6 @@ def check_head(fmt: str, head: bytes) -> None:
         check_vdi(head)
     elif fmt == formats.VHD:
         check_vhd(head)
-    elif fmt == formats.VHDX and not head.startswith(b"vhdxfile"):
-        raise unsafe("the vhdx file identifier is missing")
 
 
 # --- vmdk --------------------------------------------------------------------------------------
@@ -194,16 +193,17 @@ def parse_descriptor(text: bytes) -> Descriptor:
         end = text.find(b'"', start)
         if start <= len(text) and end >= 0:
             d.create_type = text[start:end].decode("utf-8", "replace")
-    # qemu tries every line start; sscanf skips whitespace (newlines too), so several starts may
-    # reach the same first token: count each token once
-    seen: set[int] = set()
+    # qemu tries every line start; sscanf skips whitespace (newlines too), so the starts up to a
+    # token all reach it: scan from the first of them only (linear, however many blank lines)
+    token = -1  # where the last scan's first token starts
     starts = [0] + [m.end() for m in re.finditer(rb"\n", text)]
     for pos in starts:
-        found = scan_extent(text, pos)
-        if found is None or found[0] in seen:
+        if pos <= token:
             continue
-        seen.add(found[0])
-        ext = found[1]
+        found = scan_extent(text, pos)
+        if found is None:  # only white space left
+            break
+        token, ext = found
         if ext.access.upper() in _ACCESS and ext.matches >= 3:
             d.extents.append(ext)
     d.parent_hint, d.parent_cid = _parent(text)
@@ -306,13 +306,23 @@ QCOW2_EXT_NAMES = {
 
 
 def check_qcow2(head: bytes) -> None:
-    """Backing file and data-file bit (``formats.check_header``), then the header extensions.
+    """No backing file, no data-file extension, no data-file bit."""
+    if len(head) < 72:
+        raise unsafe("the qcow2 header is truncated")
+    facts = formats.header_facts(formats.QCOW2, head)
+    if facts.backing_file:
+        raise formats.unsafe_backing(facts.backing_file)
+    _qcow2_extensions(head)  # names an external data file, when the extension is there
+    if facts.external_data_file:
+        raise formats.unsafe_data_file("(named in the header extensions)")
+
+
+def _qcow2_extensions(head: bytes) -> None:
+    """Refuse a data-file extension, and extensions that leave the head or the header cluster.
 
     qemu reads extensions from the end of the header to the backing file name (or the end of
     the first cluster): type, length, data padded to 8 bytes, until type 0.
     """
-    if len(head) < 72:
-        raise unsafe("the qcow2 header is truncated")
     version, bf_off = struct.unpack_from(">IQ", head, 4)
     (cluster_bits,) = struct.unpack_from(">I", head, 20)
     header_len = 72
@@ -405,21 +415,25 @@ def check_vhdx(read_at: ReadAt) -> None:
     tables are looked at (qemu uses the first); a table without its signature is skipped.
     """
     tables = 0
+    metadata: set[int] = set()  # each table names one metadata region; both usually the same
     for table_off in VHDX_REGION_TABLES:
         table = read_at(table_off, 16 + 32 * VHDX_MAX_ENTRIES)
         if not table.startswith(b"regi") or len(table) < 16:
             continue
         tables += 1
         (count,) = struct.unpack_from("<I", table, 8)
-        for i in range(min(count, VHDX_MAX_ENTRIES)):
-            e = 16 + 32 * i
-            if e + 32 > len(table):
-                break
-            if table[e:e + 16] == VHDX_METADATA_REGION:
-                (meta_off,) = struct.unpack_from("<Q", table, e + 16)
-                _check_vhdx_metadata(read_at, meta_off)
+        found = [
+            struct.unpack_from("<Q", table, e + 16)[0]
+            for e in range(16, min(16 + 32 * min(count, VHDX_MAX_ENTRIES), len(table) - 31), 32)
+            if table[e:e + 16] == VHDX_METADATA_REGION
+        ]
+        if len(found) > 1:  # qemu refuses a duplicate region too; each would cost us a read
+            raise unsafe(f"the vhdx region table lists the metadata region {len(found)} times")
+        metadata.update(found)
     if tables == 0:
         raise unsafe("the vhdx has no region table")
+    for meta_off in sorted(metadata):
+        _check_vhdx_metadata(read_at, meta_off)
 
 
 def _check_vhdx_metadata(read_at: ReadAt, meta_off: int) -> None:
@@ -427,6 +441,7 @@ def _check_vhdx_metadata(read_at: ReadAt, meta_off: int) -> None:
     if not hdr.startswith(b"metadata") or len(hdr) < 32:
         raise unsafe("the vhdx metadata table is missing")
     (count,) = struct.unpack_from("<H", hdr, 10)
+    params_seen = False
     for i in range(min(count, VHDX_MAX_ENTRIES)):
         e = 32 + 32 * i
         if e + 32 > len(hdr):
@@ -436,6 +451,9 @@ def _check_vhdx_metadata(read_at: ReadAt, meta_off: int) -> None:
             raise unsafe("the vhdx is a differencing image (it has a parent locator)",
                          "merge it into its parent and convert it with qemu-img convert")
         if item == VHDX_FILE_PARAMETERS:
+            if params_seen:  # qemu refuses duplicates; each would cost us a read
+                raise unsafe("the vhdx metadata lists its file parameters more than once")
+            params_seen = True
             (item_off,) = struct.unpack_from("<I", hdr, e + 16)
             params = read_at(meta_off + item_off, 8)
             if len(params) == 8 and struct.unpack_from("<I", params, 4)[0] & VHDX_HAS_PARENT:

@@ -97,7 +97,7 @@ class Nbdkit:
             with open(self._log_path, "wb") as logf:
                 self.proc = subprocess.Popen(
                     jail.command(argv), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=logf,
-                    pass_fds=jail.pass_fds,
+                    pass_fds=jail.pass_fds, env=jail.env,
                 )
         deadline = time.monotonic() + START_TIMEOUT
         while not os.path.exists(self.socket):

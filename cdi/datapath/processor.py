@@ -442,10 +442,8 @@ class _Machine:
         if fmt == formats.RAW and not job.layers and self._fixed_vhd():
             fmt = job.fmt = formats.VHD
         if fmt in formats.CONTAINERS:
-            facts = formats.check_header(fmt, job.head)
             imagecheck.check_head(fmt, job.head)
-            if fmt == formats.VHDX and not job.layers and job.info.supports_range:
-                imagecheck.check_vhdx(self._read_at)  # its metadata lies beyond the head
+            facts = formats.header_facts(fmt, job.head)
             if facts.virtual_size:
                 self._check_fits(facts.virtual_size)
                 self.header_virtual_size = facts.virtual_size
@@ -458,7 +456,9 @@ class _Machine:
                 job.scratch_reason = reason
                 job.note = f"scratch space used: {reason}"
                 log.info("%s", job.note)
-                return Phase.STREAM_SCRATCH
+                return Phase.STREAM_SCRATCH  # (a vhdx is checked on the scratch copy)
+            if fmt == formats.VHDX:
+                imagecheck.check_vhdx(self._read_at)  # its metadata lies beyond the head: Range
             return Phase.CONVERT_DIRECT
         # raw, iso, and tar with contentType kubevirt are written as they are
         if not job.layers and job.info.size is not None:

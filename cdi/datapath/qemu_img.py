@@ -106,7 +106,8 @@ def info(src: str, fmt: str, timeout: float = INFO_TIMEOUT) -> ImageInfo:
         spec = image_spec(jail, src, fmt)
         argv = jail.command([QEMU_IMG, "info", "--output=json", spec])
         try:
-            p = subprocess.run(argv, capture_output=True, timeout=timeout, check=False, pass_fds=jail.pass_fds)
+            p = subprocess.run(argv, capture_output=True, timeout=timeout, check=False, pass_fds=jail.pass_fds,
+                               env=jail.env)
         except subprocess.TimeoutExpired:
             raise TemporaryError(f"qemu-img info did not answer within {timeout:.0f} s") from None
     if p.returncode != 0:
@@ -152,18 +153,18 @@ def convert(
             argv.append("--target-is-zero")
         argv += [spec, target]
         p = subprocess.Popen(
-            jail.command(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0, pass_fds=jail.pass_fds
+            jail.command(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0, pass_fds=jail.pass_fds,
+            env=jail.env,
         )
     assert p.stdout is not None and p.stderr is not None
     stderr_chunks: list[bytes] = []
 
     def drain() -> None:
         assert p.stderr is not None
-        kept = 0
-        while chunk := p.stderr.read(64 << 10):  # keep draining, keep only the first 64 KiB
-            if kept < 64 << 10:
-                stderr_chunks.append(chunk[: (64 << 10) - kept])
-                kept += len(stderr_chunks[-1])
+        tail = b""
+        while chunk := p.stderr.read(64 << 10):  # keep draining, keep the last 64 KiB (the error)
+            tail = (tail + chunk)[-(64 << 10):]
+        stderr_chunks.append(tail)
 
     t = threading.Thread(target=drain, daemon=True)
     t.start()

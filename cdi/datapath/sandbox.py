@@ -13,15 +13,16 @@ mount namespace holding only
   device access), the nbd socket directory,
 - for nbdkit's network plugins, the few ``/etc`` files name resolution and TLS need.
 
-Each file is opened here (``O_PATH``, without following links) and bound into the sandbox
-from that descriptor, so what is bound is what was opened, wherever the worker sees it (a
-confined worker sees its volume under ``/tmp/cdi``, see ``cdi.common.confinement``). No
-directory descriptor ever reaches the sandboxed process: ``..`` from an inherited directory
-descriptor would lead back to the host's root.
+Each file is opened here (``O_PATH``; links are followed, as ``/proc/self/fd`` names need) and
+bound into the sandbox from that descriptor, so what is bound is what was opened, wherever the
+worker sees it (a confined worker sees its volume under ``/tmp/cdi``, see
+``cdi.common.confinement``). No directory descriptor ever reaches the sandboxed process: ``..``
+from an inherited directory descriptor would lead back to the host's root.
 
 The process also gets new user, pid, ipc, uts, cgroup and (unless it needs the network)
-network namespaces, no capabilities (also when the worker runs as root), a cleared environment
-and its own session; it is killed when the worker dies.
+network namespaces, no capabilities (also when the worker runs as root), a minimal environment
+(given to the process, never on bwrap's command line) and its own session; it is killed when
+the worker dies.
 
 Fail closed: when ``bwrap`` is missing or cannot create the namespaces (a host without
 unprivileged user namespaces), the import fails with reason ``ConfigError`` and a message that
@@ -63,7 +64,7 @@ PREFLIGHT_TIMEOUT = 30.0
 
 _BASE = (
     "--unshare-user", "--unshare-ipc", "--unshare-pid", "--unshare-uts", "--unshare-cgroup-try",
-    "--cap-drop", "ALL", "--die-with-parent", "--new-session", "--clearenv",
+    "--cap-drop", "ALL", "--die-with-parent", "--new-session",
     "--ro-bind", "/usr", "/usr",
     "--symlink", "usr/bin", "/bin", "--symlink", "usr/sbin", "/sbin",
     "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
@@ -106,7 +107,8 @@ def preflight() -> None:
         if not _preflight_done:
             argv = [_bwrap(), *_BASE, "--unshare-net", "--", "/usr/bin/true"]
             try:
-                p = subprocess.run(argv, capture_output=True, timeout=PREFLIGHT_TIMEOUT, check=False)
+                p = subprocess.run(argv, capture_output=True, timeout=PREFLIGHT_TIMEOUT, check=False,
+                                   env={"PATH": PATH, "LC_ALL": "C"})
                 if p.returncode != 0:
                     err = p.stderr.decode(errors="replace").strip().splitlines()
                     _preflight_error = (err[-1] if err else f"exit code {p.returncode}")[:300]
@@ -183,21 +185,28 @@ class Jail:
             for p in paths:
                 self._args += ["--ro-bind-try", p, p]
 
-    def command(self, argv: Sequence[str], env: dict[str, str] | None = None) -> list[str]:
-        """The argv to run: ``argv`` itself when unconfined, else wrapped in bwrap."""
+    @property
+    def env(self) -> dict[str, str] | None:
+        """The environment to start the command with (``None``: unconfined, the worker's own).
+
+        Given to the process, not set with bwrap's ``--setenv``: a proxy URL may hold a password,
+        and a command line is visible to every user of the machine."""
+        if not self.confined:
+            return None
+        env = {"PATH": PATH, "LC_ALL": "C"}
+        if self.network:
+            env.update({k: os.environ[k] for k in PASS_ENV if k in os.environ})
+        return env
+
+    def command(self, argv: Sequence[str]) -> list[str]:
+        """The argv to run (with ``env=self.env``): ``argv`` itself when unconfined, else
+        wrapped in bwrap."""
         if not self.confined:
             return list(argv)
         preflight()
         out = [_bwrap(), *_BASE]
         if not self.network:
             out.append("--unshare-net")
-        out += ["--setenv", "PATH", PATH, "--setenv", "LC_ALL", "C"]
-        for k, v in (env or {}).items():
-            out += ["--setenv", k, v]
-        if self.network:
-            for k in PASS_ENV:
-                if k in os.environ:
-                    out += ["--setenv", k, os.environ[k]]
         out += self._args
         out.append("--")
         out += argv

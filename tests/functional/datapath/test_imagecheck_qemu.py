@@ -69,5 +69,7 @@ def test_our_descriptor_parse_agrees_with_qemu(
               if e.access == "RW" and e.type in QEMU_TYPES and (e.sectors or 0) > 0 and e.matches >= 4]
     assert list(dict.fromkeys(opened)) == list(dict.fromkeys(info.extents)), (opened, info.extents)
     assert files["a"] in opened
-    with pytest.raises(PermanentError):
-        imagecheck.check_head("vmdk", img.read_bytes()[:65536])
+    # and our check refuses such a descriptor for what it names, not only for the capacity 0
+    with pytest.raises(PermanentError) as e:
+        imagecheck.check_head("vmdk", crafted.sparse_vmdk_with_descriptor(desc, capacity=2048)[:65536])
+    assert "capacity 0" not in e.value.message and e.value.reason == "UnsafeImage", e.value.message

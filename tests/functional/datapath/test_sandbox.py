@@ -151,7 +151,7 @@ def test_the_jail_holds_only_usr_dev_and_what_a_call_names(tmp_path: Path, canar
                       " do test -e $f && echo LEAK $f; done; echo > /usr/x 2>/dev/null && echo LEAK usr; "
                       f"echo > {inside} 2>/dev/null && echo LEAK writable; true")
             p = subprocess.run(jail.command(["sh", "-c", script]), capture_output=True, timeout=30,
-                               pass_fds=jail.pass_fds, check=False)
+                               pass_fds=jail.pass_fds, check=False, env=jail.env)
         assert p.returncode == 0, p.stderr
         out = p.stdout.decode()
         assert out.startswith("given") and "LEAK" not in out, out
@@ -159,6 +159,20 @@ def test_the_jail_holds_only_usr_dev_and_what_a_call_names(tmp_path: Path, canar
         assert top <= {"bin", "dev", "lib", "lib64", "run", "sbin", "tmp", "usr", "etc"}, top
         assert ("etc" in top) == network
     assert given.read_bytes() == b"given"
+
+
+def test_a_proxy_password_reaches_the_tool_but_never_a_command_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("https_proxy", "http://user:pr0xy-s3cret@127.0.0.1:3128")
+    monkeypatch.setenv("CDI_SOMETHING_ELSE", "not-for-the-tool")
+    for network in (True, False):
+        with sandbox.Jail(network=network) as jail:
+            argv = jail.command(["sh", "-c", "env"])
+            assert not any("pr0xy-s3cret" in a for a in argv)
+            p = subprocess.run(argv, capture_output=True, timeout=30, pass_fds=jail.pass_fds, check=True,
+                               env=jail.env, text=True)
+        assert ("pr0xy-s3cret" in p.stdout) == network, p.stdout  # only a network tool needs it
+        assert "CDI_SOMETHING_ELSE" not in p.stdout and "LC_ALL=C" in p.stdout
 
 
 def test_nbdkit_serves_only_its_file(tmp_path: Path, canary: Path) -> None:
@@ -171,6 +185,7 @@ def test_nbdkit_serves_only_its_file(tmp_path: Path, canary: Path) -> None:
     with pytest.raises(TemporaryError) as e:
         kit.start()
     assert "nbdkit exited during start" in str(e.value)
+    assert "No such file" in str(e.value) or "does not exist" in str(e.value), str(e.value)  # not there
     assert kit.tmpdir is None
 
 

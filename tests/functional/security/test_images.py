@@ -268,12 +268,14 @@ def test_a_vmdk_inside_a_qcow2_is_plain_guest_data(cluster, nginx, tmp_images, s
         "in-xl2": (serve(tmp_images, "in-xl2.qcow2", xl2.read_bytes()), "nbdkit"),
         "in-xl2-gz": (serve(tmp_images, "in-xl2b.qcow2", xl2.read_bytes(), gz=True), "scratch"),
     }
-    for name, (path, _how) in cases.items():
+    for name, (path, _) in cases.items():
         cluster.apply(http_dv(name, f"{nginx.http_url}/{served_path(path)}", "16Mi"))
     want = vmdk.read_bytes()
-    for name in cases:
+    phases = {"qcow2-stream": "phase StreamQcow2", "nbdkit": "phase ConvertDirect", "scratch": "phase StreamScratch"}
+    for name, (_, how) in cases.items():
         st = cluster.wait_phase(name, timeout=120)["status"]
         assert st["phase"] == "Succeeded", (name, st)
+        assert phases[how] in Path(st["workerLog"]).read_text(), (name, how)  # each path was taken
         disk = cluster.pvc(name)["metadata"]["annotations"][ann.DISK_PATH]
         with open(disk, "rb") as f:
             got = f.read()

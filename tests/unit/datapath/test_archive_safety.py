@@ -621,3 +621,26 @@ def test_a_cut_or_damaged_archive_fails_and_writes_nothing(tmp_path: Path, cut: 
     assert e.value.reason == Reason.INVALID_IMAGE
     assert words in e.value.message and "after entry 'a'" in e.value.message
     assert os.listdir(vol) == []
+
+
+def test_deep_hard_links_on_a_full_cache_stay_within_the_descriptor_limit(tmp_path: Path) -> None:
+    """A full cache of directories, then a hard link whose name and target are 250 levels deep
+    each: under the usual limit of 1024 descriptors this ran out (EMFILE, a retried internal error)."""
+    import resource
+
+    deep_a = "/".join(["a"] * 250)
+    deep_b = "/".join(["b"] * 250)
+    entries: list[Entry] = [("file", f"{deep_a}/f", b"linked")]
+    entries += [("file", f"c{i}/f", b"x") for i in range(263)]  # the cache overflows and is emptied
+    entries += [("file", f"d{i}/f", b"x") for i in range(512)]  # full again, without the target
+    entries += [("hardlink", f"{deep_b}/g", f"{deep_a}/f")]
+    vol = tmp_path / "v"
+    vol.mkdir()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, hard), hard))
+    try:
+        archive.extract(BytesStream(build(entries)), str(vol), 64 * MiB)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    g = vol.joinpath(*deep_b.split("/"), "g")
+    assert g.read_bytes() == b"linked" and os.stat(g).st_nlink == 2

@@ -356,3 +356,36 @@ def test_check_info() -> None:
     refused(lambda: imagecheck.check_info(info(create_type="monolithicFlat"), formats.VMDK), "monolithicFlat")
     refused(lambda: imagecheck.check_info(info(backing_filename="base.qcow2"), formats.QCOW2), "backing file")
     refused(lambda: imagecheck.check_info(info(data_file="/dev/vda", extents=()), formats.QCOW2), "data file")
+
+
+def test_repeated_vhdx_tables_cost_a_few_reads_not_millions(made: Path) -> None:
+    """Each region table may list the metadata region once and the metadata its file parameters
+    once (qemu refuses more too): a crafted header cannot multiply our reads (Range requests)."""
+    data = bytearray((made / "img.vhdx").read_bytes())
+    reads: list[tuple[int, int]] = []
+
+    def read_at(off: int, n: int) -> bytes:
+        reads.append((off, n))
+        return bytes(data[off:off + n])
+
+    imagecheck.check_vhdx(read_at)
+    assert len(reads) <= 6
+    table = 192 * 1024
+    (count,) = struct.unpack_from("<I", data, table + 8)
+    entries = [bytes(data[table + 16 + 32 * i: table + 48 + 32 * i]) for i in range(count)]
+    meta = next(e for e in entries if e[:16] == imagecheck.VHDX_METADATA_REGION)
+    data[table + 16 + 32 * count: table + 48 + 32 * count] = meta  # the metadata region listed twice
+    struct.pack_into("<I", data, table + 8, count + 1)
+    reads.clear()
+    refused(lambda: imagecheck.check_vhdx(read_at), "lists the metadata region 2 times")
+    assert len(reads) <= 2
+
+
+def test_a_descriptor_of_blank_lines_is_scanned_in_linear_time() -> None:
+    import time
+
+    t = time.monotonic()
+    assert imagecheck.parse_descriptor(b"\n" * 65536).extents == []
+    d = imagecheck.parse_descriptor(b'RW 4 SPARSE "a.vmdk"\n' + b"\n" * 65536 + b'RW 8\n\n\nFLAT "/x" 0\n')
+    assert [(e.sectors, e.type) for e in d.extents] == [(4, "SPARSE"), (8, "FLAT")]  # across lines, like sscanf
+    assert time.monotonic() - t < 2.0  # quadratic was minutes at this size
