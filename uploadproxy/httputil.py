@@ -106,12 +106,10 @@ class FieldSection:
         self.what = what
         self.count = 0
         self.size = 0
-        self.ended = False
 
     def add(self, line: bytes) -> tuple[str, str] | None:
         _check_line_end(line, self.what, MAX_LINE)
         if line == b"\r\n":
-            self.ended = True
             return None
         self.count += 1
         self.size += len(line)
@@ -161,6 +159,22 @@ class Framing:
     @property
     def has_body(self) -> bool:
         return self.chunked or bool(self.length)
+
+
+SINGLE_FIELDS = ("host", "authorization", "content-type", "content-range", "x-checksum", "x-cdi-content-type",
+                 "x-upload-id")
+
+
+def check_single(fields: Iterable[tuple[str, str]]) -> None:
+    """Refuse a field that may appear once but appears again: one parser would take the first
+    value and another the last (a checksum checked against the wrong value, for one)."""
+    seen: set[str] = set()
+    for name, _ in fields:
+        low = name.lower()
+        if low in SINGLE_FIELDS:
+            if low in seen:
+                raise RequestError(f"the request has more than one {name} header; send exactly one")
+            seen.add(low)
 
 
 def body_framing(fields: Iterable[tuple[str, str]], version: str = "HTTP/1.1") -> Framing:
@@ -335,7 +349,8 @@ class MultipartFileReader:
         # The boundary line's own end (after optional padding), then the part's field lines.
         pad, _, lines = head.partition(b"\r\n")
         if pad.strip(b" \t"):
-            raise RequestError("malformed multipart boundary line", reason="InvalidForm")
+            raise RequestError("malformed multipart boundary line: a boundary must be followed by CRLF (send the "
+                               "form as curl -F file=@disk.img does)", reason="InvalidForm")
         section = FieldSection("form part header")
         for line in lines.split(b"\r\n")[:-1]:
             section.add(line + b"\r\n")

@@ -93,7 +93,6 @@ class Request:
     target: str
     version: str
     headers: dict[str, str]  # lower-cased names
-    raw_headers: list[tuple[str, str]] = field(default_factory=list)
     framing: httputil.Framing = field(default_factory=httputil.Framing)
 
     @property
@@ -144,8 +143,9 @@ async def _read_head(reader: asyncio.StreamReader, first: bytes) -> Request:
     fields = []
     while (f := section.add(await _read_line(reader, long_field))) is not None:
         fields.append(f)
+    httputil.check_single(fields)
     framing = httputil.body_framing(fields, version)
-    return Request(method.upper(), target, version, {k.lower(): v for k, v in fields}, fields, framing)
+    return Request(method.upper(), target, version, {k.lower(): v for k, v in fields}, framing)
 
 
 def parse_head(head: bytes) -> tuple[str, list[tuple[str, str]]]:

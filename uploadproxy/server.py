@@ -70,7 +70,7 @@ ENV_TARGET = "UPLOAD_TARGET"
 USER_ERRORS = {
     str(Reason.TOO_SMALL), str(Reason.CHECKSUM_ERROR), str(Reason.INVALID_IMAGE), str(Reason.UNSAFE_IMAGE),
     str(Reason.NOT_AN_IMAGE), str(Reason.CONFIG_ERROR), "InvalidForm", "UploadInterrupted",
-    httputil.RequestError.reason, httputil.HeaderTooLarge.reason, httputil.EMPTY_UPLOAD,
+    httputil.RequestError.reason, httputil.HeaderTooLarge.reason,
 }
 # The data path words NotAnImage for a URL (the HTTP importer); an upload has a file instead.
 NOT_AN_IMAGE_MESSAGE = ("the uploaded file is an HTML page, not a disk image; upload the image file itself (an HTML "

@@ -52,6 +52,8 @@ def test_a_request_head_is_parsed():
     (b"POST /" + b"a" * 100_000 + b" HTTP/1.1\r\n\r\n", 414, "RequestLineTooLong"),
     (b"POST /u HTTP/3\r\n\r\n", 400, "BadRequest"),
     (b"POST /u HTTP/1.1\r\nHost: x\r\n", 400, "BadRequest"),  # the connection closed inside the head
+    (b"POST /u HTTP/1.1\r\nX-Checksum: sha256:aa\r\nx-checksum: sha256:bb\r\nContent-Length: 1\r\n\r\n", 400,
+     "BadRequest"),  # which one would be checked?
 ])
 def test_bad_heads_are_refused(head, status, reason):
     e = _refused(head)
