@@ -27,17 +27,17 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from cdi.common.documents import MAX_INPUT_BYTES
 from cdi.common.errors import ValidationError
+from cdi.common.units import KiB, MiB
 
-KiB = 1 << 10
-MiB = 1 << 20
 MAX_ANNOTATIONS_BYTES = 256 * KiB
 """All annotation keys and values of one object (Kubernetes' TotalAnnotationSizeLimitB)."""
 MAX_OBJECT_BYTES = 1536 * KiB
 """One object as stored: 1.5 MiB, etcd's default request limit."""
-MAX_REQUEST_BYTES = 3 * MiB
+MAX_REQUEST_BYTES = MAX_INPUT_BYTES
 """One object as submitted (before status and server fields are dropped): 3 MiB, kube-apiserver's
-limit on a request body (and ``cdi.common.documents.MAX_INPUT_BYTES``, the manifest input cap)."""
+limit on a request body, as for a manifest's input."""
 MAX_DATA_BYTES = 1 * MiB
 """The data of a Secret or ConfigMap (values only: Kubernetes' MaxSecretSize)."""
 STORE_HEADROOM = 256 * KiB
@@ -51,7 +51,8 @@ LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 
 _NAME_PART = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
-_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+"""Kubernetes object names and label/annotation key prefixes."""
 _NAME_RULE = (
     "must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an "
     "alphanumeric character"
@@ -151,7 +152,7 @@ def check_object_size(obj: Mapping[str, Any], limit: int, what: str) -> Validati
 def _subdomain_problems(prefix: str) -> list[str]:
     if len(prefix) > PREFIX_MAX:
         return [f"prefix part must be no more than {PREFIX_MAX} characters"]
-    if not _DNS1123_SUBDOMAIN.match(prefix):
+    if not DNS1123_SUBDOMAIN.match(prefix):
         return [
             "prefix part a lowercase RFC 1123 subdomain must consist of lower case alphanumeric "
             "characters, '-' or '.', and must start and end with an alphanumeric character "

@@ -50,7 +50,7 @@ DNS1123_LABEL_MAX = 63
 SECRET_MAX_BYTES = limits.MAX_DATA_BYTES
 
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_DNS1123_SUBDOMAIN = limits.DNS1123_SUBDOMAIN
 _CONFIG_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _HEX = set(string.hexdigits)

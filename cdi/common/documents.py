@@ -38,9 +38,8 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from cdi.common.errors import PermanentError
+from cdi.common.units import KiB, MiB
 
-KiB = 1 << 10
-MiB = 1 << 20
 MAX_INPUT_BYTES = 3 * MiB
 """kube-apiserver's limit on a request body (JSON or YAML): 3 MiB."""
 ALIAS_FACTOR = 10

@@ -6,6 +6,7 @@ import math
 import re
 from decimal import Decimal, InvalidOperation
 
+KiB = 1 << 10
 MiB = 1 << 20
 GiB = 1 << 30
 

@@ -33,7 +33,7 @@ from typing import Any, Protocol
 from cdi.api import annotations as ann
 from cdi.api import conditions as cond
 from cdi.api import naming
-from cdi.api.contract import BLOCK, ImportSettings, Outcome, Reason, WorkerResult
+from cdi.api.contract import BLOCK, ENV_SCRATCH_DIR, ImportSettings, Outcome, Reason, WorkerResult
 from cdi.api.phases import TERMINAL_PHASES, DataVolumePhase
 from cdi.api.redact import redact_url
 from cdi.backends.base import VolumeInfo, VolumeProvisioner, WorkerRunner, WorkerStatus
@@ -202,7 +202,7 @@ class DataVolumeController:
                 return 2.0
             if restarts > 0:
                 self.ctx.volumes.reset(vol.claim_uid)
-            workers.start(wname, "importer", env, worker_grants(vol, scratch_dir(self.ctx.config.data_dir, wname)))
+            workers.start(wname, "importer", env, worker_grants(vol, env[ENV_SCRATCH_DIR]))
             self._set_phase(dv, status, DataVolumePhase.IMPORT_SCHEDULED)
             self._event(dv, "Normal", "ImportScheduled", f"Import into {name} scheduled")
             status["conditions"] = cond.set_condition(

@@ -36,7 +36,7 @@ from typing import Any
 from cdi.api import annotations as ann
 from cdi.api import conditions as cond
 from cdi.api import upload as api
-from cdi.api.contract import BLOCK, ImportSettings, Outcome, Reason, read_worker_json
+from cdi.api.contract import BLOCK, ENV_SCRATCH_DIR, ImportSettings, Outcome, Reason, read_worker_json
 from cdi.api.phases import DataVolumePhase
 from cdi.backends.base import VolumeInfo, WorkerStatus
 from cdi.common.errors import NotFoundError
@@ -235,18 +235,19 @@ class UploadDriver:
                 self.ctx.volumes.reset(vol.claim_uid)
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(env[api.ENV_STATE_FILE])
-            workers.start(wname, "upload-server", env, worker_grants(vol, scratch_dir(self.ctx.config.data_dir, wname)))
+            workers.start(wname, "upload-server", env, worker_grants(vol, env[ENV_SCRATCH_DIR]))
             self._event(event_obj, "Normal", "UploadScheduled", f"Upload into {name} scheduled")
             self._claim(pvc, {ann.POD_PHASE: "Pending", api.POD_READY: "false", api.UPLOAD_WORKER: wname,
                               api.UPLOAD_SERVER: ""})
             return Observed("Scheduled", "upload server starting", requeue=0.2)
 
-        st = _read_state(os.path.join(workers.workdir(wname), api.STATE_FILE))
+        run = workers.workdir(wname)
+        st = _read_state(os.path.join(run, api.STATE_FILE))
         if ws.running:
             state = st.get("state") or api.ST_STARTING
             obs = Observed("Scheduled" if state == api.ST_STARTING else "Ready", state=state,
                            received=int(st.get("received") or 0), total=st.get("total"),
-                           address=_server_address(str(st.get("listen") or ""), workers.workdir(wname)),
+                           address=_server_address(str(st.get("listen") or ""), run),
                            last_error=st.get("lastError"))
             if obs.phase == "Ready":
                 if pann.get(api.POD_READY) != "true" or pann.get(api.UPLOAD_SERVER) != obs.address:

@@ -297,9 +297,6 @@ class Decoder:
         self._buffered = 0  # bytes collected in the buffers of pending needs
         self._l2_offsets: set[int] = set()
         self.target = target
-        # what no cluster writes must read as zeros: a device is zeroed first (one discard or
-        # write-zeroes call), rather than tracking every written range of a scattered image
-        target.zero(0, header.size)
         self.spool = spool
         self.pos = 0  # host offset of the next byte expected
         self._writer = sparse.SparseWriter(target)
@@ -318,6 +315,10 @@ class Decoder:
         self._inflating: collections.deque[tuple[concurrent.futures.Future[bytes], int]] = collections.deque()
         if header.l1_size:
             self._add(L1, header.l1_offset, header.l1_offset + header.l1_size * 8, 0)
+        # what no cluster writes must read as zeros: a device is zeroed first (one discard or
+        # write-zeroes call; not for a header refused above), rather than tracking every written
+        # range of a scattered image
+        target.zero(0, header.size)
 
     # --- needs ------------------------------------------------------------------------------
 

@@ -11,7 +11,7 @@
     importerIdleTimeoutSeconds: 600
     importerMaxResumes: 5         # in-worker resumes (Range) before the worker gives up
     workerIsolation: true         # workers confine themselves (see cdi.common.confinement)
-    workerUidBase: 1500000000     # workers run as uids in [base, base + count), one per worker
+    workerUidBase: 1879048192     # workers run as uids in [base, base + count), one per worker
     workerUidCount: 1000000
     imageSandbox: true            # qemu-img and nbdkit run under bubblewrap (cdi.datapath.sandbox)
     upload:                       # optional; see cdi.api.upload.UploadConfig
@@ -32,6 +32,7 @@ import yaml
 from cdi.api.upload import UploadConfig
 from cdi.backends.base import StorageClassInfo
 from cdi.backends.embedded import datadir
+from cdi.backends.embedded.workers import UID_BASE, UID_COUNT
 from cdi.common import documents
 from cdi.common.errors import PermanentError
 from cdi.store.sqlite import Store
@@ -68,8 +69,8 @@ class Config:
     importer_max_resumes: int = 5
     upload: UploadConfig = field(default_factory=UploadConfig)
     worker_isolation: bool = True
-    worker_uid_base: int = 1_500_000_000
-    worker_uid_count: int = 1_000_000
+    worker_uid_base: int = UID_BASE
+    worker_uid_count: int = UID_COUNT
     image_sandbox: bool = True
 
     @property
@@ -140,11 +141,12 @@ class Config:
         for key, value in (("workerIsolation", isolation), ("imageSandbox", image_sandbox)):
             if not isinstance(value, bool):
                 raise PermanentError(f"{path}: {key} must be true or false, got {value!r}")
-        uid_base, uid_count = int(num("workerUidBase", 1_500_000_000)), int(num("workerUidCount", 1_000_000))
-        if uid_base < 100_000 or uid_count < 1 or uid_base + uid_count > 2**32 - 2:
+        uid_base, uid_count = int(num("workerUidBase", UID_BASE)), int(num("workerUidCount", UID_COUNT))
+        if uid_base < 65536 or uid_count < 1 or uid_base + uid_count > 2**31:
             raise PermanentError(
-                f"{path}: workerUidBase/workerUidCount must name a range of ids no user of this machine has, "
-                f"above 100000 and below 4294967294 (e.g. 1500000000 and 1000000); got {uid_base} and {uid_count}"
+                f"{path}: workerUidBase/workerUidCount must name a range of ids no user or container of this "
+                f"machine uses, from 65536 up to 2147483648 (e.g. {UID_BASE} and {UID_COUNT}, above systemd's "
+                f"container range); got {uid_base} and {uid_count}"
             )
         try:
             upload = UploadConfig.from_mapping(raw.get("upload"))

@@ -26,9 +26,11 @@ up to a small size (``cdi.api.contract.read_worker_file``).
 from __future__ import annotations
 
 import contextlib
+import grp
 import json
 import logging
 import os
+import pwd
 import shutil
 import signal
 import stat
@@ -65,7 +67,7 @@ _PASS_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "http_proxy", "https_pr
 RUN_DIR = naming.RUN_DIR
 SECRETS_DIR = naming.SECRETS_DIR
 GRANTS = "grants.json"
-UID_BASE = 1_500_000_000
+UID_BASE = 0x70000000  # 1879048192: above systemd's container range, below its foreign one and 2**31
 UID_COUNT = 1_000_000
 
 
@@ -145,7 +147,7 @@ class LocalWorkers:
         n = zlib.crc32(name.encode()) % self.uid_count
         for i in range(self.uid_count):
             uid = self.uid_base + (n + i) % self.uid_count
-            if uid not in taken:
+            if uid not in taken and not _known_id(uid):
                 return uid, uid
         raise PermanentError(f"all {self.uid_count} worker uids are in use; raise workerUidCount in config.yaml")
 
@@ -344,6 +346,21 @@ def _chown_tree(top: str, uid: int, gid: int) -> None:
     for dirpath, dirnames, filenames in os.walk(top):
         for n in dirnames + filenames:
             os.chown(os.path.join(dirpath, n), uid, gid, follow_symlinks=False)
+
+
+def _known_id(uid: int) -> bool:
+    """Whether a user or group of this machine has ``uid`` (the end of a worker kills every process
+    of its uid: never one that belongs to someone)."""
+    try:
+        pwd.getpwuid(uid)
+        return True
+    except KeyError:
+        pass
+    try:
+        grp.getgrgid(uid)
+        return True
+    except KeyError:
+        return False
 
 
 def _kill_uid(uid: int) -> None:

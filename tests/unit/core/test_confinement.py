@@ -76,3 +76,15 @@ def test_two_workers_never_share_a_uid(tmp_path) -> None:  # type: ignore[no-unt
     hold("importer-default.d", base + (first - base + 2) % 3)
     with pytest.raises(Exception, match="worker uids are in use"):
         workers.ids("importer-default.a")
+
+
+def test_a_worker_never_gets_the_uid_of_a_user_of_this_machine(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import pwd
+
+    from cdi.backends.embedded.workers import LocalWorkers
+
+    mine = os.getuid()
+    assert pwd.getpwuid(mine)  # root, or whoever runs the tests: a known user
+    workers = LocalWorkers(str(tmp_path / "w"), isolate=False, uid_base=mine, uid_count=1)
+    with pytest.raises(Exception, match="worker uids are in use"):
+        workers.ids("importer-default.a")

@@ -70,3 +70,18 @@ def test_a_cut_between_frames_is_not_noticed_by_framing_alone() -> None:
     h = ZstdFrames()
     h.feed(memoryview(first[:-1]))
     assert not h.complete
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_fields_split_across_reads_are_followed(layout: str) -> None:
+    """Over HTTP a header or a checksum arrives in pieces: byte by byte it must come out the same."""
+    blob = _frames(**LAYOUTS[layout])  # type: ignore[arg-type]
+    f = ZstdFrames()
+    for i in range(len(blob)):
+        f.feed(memoryview(blob)[i : i + 1])
+        if i == len(blob) - 2:
+            assert not f.complete
+    assert f.complete
+    whole = ZstdFrames()
+    whole.feed(memoryview(blob))
+    assert f.frames == whole.frames >= 1
