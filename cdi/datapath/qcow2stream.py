@@ -496,7 +496,9 @@ class Decoder:
             if self._zstd is not None:
                 dctx = getattr(self._local, "dctx", None)
                 if dctx is None:
-                    dctx = self._local.dctx = self._zstd.ZstdDecompressor()
+                    # a cluster is compressed on its own: its frame needs no window larger than the
+                    # cluster (zstd would otherwise allocate what the frame asks, up to 128 MiB a thread)
+                    dctx = self._local.dctx = self._zstd.ZstdDecompressor(max_window_size=max(cs, 1 << 20))
                 # at most one cluster: a few KB of zstd may stand for gigabytes (decompressobj has no limit)
                 reader = dctx.stream_reader(data)
                 out = b""

@@ -510,12 +510,28 @@ def test_a_zstd_cluster_that_inflates_to_a_gigabyte_costs_one_cluster(tmp_path: 
     x = 62 - (16 - 8)
     coff = entry & ((1 << x) - 1)
     room = (((entry >> x) & 0xFF) + 1) * 512 - (coff & 511)
-    bomb = zstandard.ZstdCompressor(level=19).compress(bytes(1 << 30))
+    small_window = zstandard.ZstdCompressionParameters.from_level(19, window_log=17)
+    bomb = zstandard.ZstdCompressor(compression_params=small_window).compress(bytes(1 << 30))
     assert len(bomb) <= room  # the bomb fits where the cluster's compressed data was
     blob[coff : coff + len(bomb)] = bomb
     img.write_bytes(blob)
     vol = tmp_path / "v"
     vol.mkdir()
+    outcome, maxrss_kib = _import_in_a_child(img, vol)
+    assert outcome == "Succeeded"
+    assert int(maxrss_kib) < 200 * 1024  # KiB: nowhere near the gigabyte the frame stands for
+    assert (vol / "disk.img").read_bytes()[:MiB] == bytes(MiB)  # the cluster reads as the frame's zeros
+    # a frame that asks for a 128 MiB window (zstd would allocate it) is refused, not decoded
+    wide = zstandard.ZstdCompressor(level=19).compress(bytes(1 << 30))
+    blob[coff : coff + len(wide)] = wide
+    img.write_bytes(blob)
+    (vol / "disk.img").unlink()
+    outcome, maxrss_kib = _import_in_a_child(img, vol)
+    assert outcome == "PermanentFailure" and int(maxrss_kib) < 200 * 1024
+
+
+def _import_in_a_child(img: Path, vol: Path) -> tuple[str, str]:
+    """Import ``img`` into ``vol`` in a child process: (its outcome, its peak RSS in KiB)."""
     probe = (
         "import resource, sys\n"
         "from cdi.api.contract import ImportSettings\n"
@@ -530,6 +546,4 @@ def test_a_zstd_cluster_that_inflates_to_a_gigabyte_costs_one_cluster(tmp_path: 
                        env={**os.environ, "PYTHONPATH": os.getcwd()})
     assert p.returncode == 0, p.stderr
     outcome, maxrss_kib = p.stdout.split()
-    assert outcome == "Succeeded"
-    assert int(maxrss_kib) < 200 * 1024  # KiB: nowhere near the gigabyte the frame stands for
-    assert (vol / "disk.img").read_bytes()[:MiB] == bytes(MiB)  # the cluster reads as the frame's zeros
+    return outcome, maxrss_kib
