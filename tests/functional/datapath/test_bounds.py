@@ -531,16 +531,18 @@ def test_a_zstd_cluster_that_inflates_to_a_gigabyte_costs_one_cluster(tmp_path: 
 
 
 def _import_in_a_child(img: Path, vol: Path) -> tuple[str, str]:
-    """Import ``img`` into ``vol`` in a child process: (its outcome, its peak RSS in KiB)."""
+    """Import ``img`` into ``vol`` in a child process: (its outcome, its peak RSS in KiB: VmHWM, not
+    ru_maxrss, which also counts the parent's memory at the fork)."""
     probe = (
-        "import resource, sys\n"
+        "import sys\n"
         "from cdi.api.contract import ImportSettings\n"
         "from cdi.datapath import processor\n"
         "from cdi.datapath.filesource import FileSource\n"
         "from cdi.datapath.progress import ProgressReporter\n"
         f"r = processor.run(FileSource({str(img)!r}), ImportSettings(source='http', image_size={CAPACITY}, "
         f"data_dir={str(vol)!r}), ProgressReporter(None))\n"
-        "print(r.outcome, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+        "hwm = next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:'))\n"
+        "print(r.outcome, hwm)\n"
     )
     p = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
                        env={**os.environ, "PYTHONPATH": os.getcwd()})
