@@ -33,6 +33,7 @@ from cdi.api.datavolume import (
 from cdi.api.meta import Errors, ObjectMeta, raise_if_any
 from cdi.api.objects import ConfigMap, Secret
 from cdi.api.pvc import PersistentVolumeClaim
+from cdi.api.values import CHECKSUM_HEX_LENGTHS, Checksum
 from cdi.common.errors import ValidationError, ValidationErrors
 from cdi.common.units import MiB
 
@@ -43,7 +44,6 @@ VOLUME_MODES = ("Filesystem", "Block")
 CONTENT_TYPES = (CONTENT_KUBEVIRT, CONTENT_ARCHIVE)
 PULL_METHODS = ("pod", "node")
 REGISTRY_SCHEMES = ("docker", "oci-archive")
-CHECKSUM_HEX_LENGTHS = {"md5": 32, "sha1": 40, "sha256": 64, "sha512": 128}
 MIN_SIZE = MiB
 DNS1123_SUBDOMAIN_MAX = 253
 DNS1123_LABEL_MAX = 63
@@ -163,39 +163,12 @@ def _check_url(url: str, path: str, schemes: tuple[str, ...], example: str, errs
 
 
 def check_checksum(value: str, path: str, errs: Errors) -> None:
-    """``algo:hex`` with a supported algorithm and the right number of hex digits."""
-    algos = ", ".join(f"{a}:" for a in CHECKSUM_HEX_LENGTHS)
-    algo, sep, digest = value.partition(":")
-    if not sep:
-        errs.append(
-            ValidationError(
-                path,
-                f"{value!r} has no algorithm; write it as algo:hex, e.g. sha256:<64 hex digits> ({algos})",
-            )
-        )
-        return
-    if algo not in CHECKSUM_HEX_LENGTHS:
-        errs.append(
-            ValidationError(
-                path, f"algorithm {algo!r} is not supported; write one of {algos} followed by the hex digest"
-            )
-        )
-        return
-    want = CHECKSUM_HEX_LENGTHS[algo]
-    if not digest or not set(digest) <= _HEX:
-        errs.append(
-            ValidationError(
-                path, f"the digest after '{algo}:' is not hexadecimal; write {algo}:<{want} hex digits>"
-            )
-        )
-    elif len(digest) != want:
-        errs.append(
-            ValidationError(
-                path,
-                f"a {algo} digest has {want} hex digits, this one has {len(digest)}; "
-                f"write {algo}:<{want} hex digits> (e.g. the output of {algo}sum)",
-            )
-        )
+    """``algo:hex`` with a supported algorithm and the right number of hex digits (one rule:
+    :meth:`cdi.api.values.Checksum.parse`)."""
+    try:
+        Checksum.parse(value, path)
+    except ValidationError as e:
+        errs.append(e)
 
 
 def check_header_line(value: str, path: str, errs: Errors) -> None:

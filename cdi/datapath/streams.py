@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import io
 import logging
 import subprocess
@@ -19,7 +18,8 @@ from collections.abc import Callable
 from typing import Any
 
 from cdi.api.contract import Reason
-from cdi.common.errors import CDIError, PermanentError
+from cdi.api.values import Checksum
+from cdi.common.errors import CDIError, PermanentError, ValidationError
 from cdi.datapath import formats
 from cdi.datapath.source import Stream
 
@@ -34,22 +34,15 @@ def invalid(what: str, err: BaseException | str) -> PermanentError:
 
 
 def parse_checksum(spec: str) -> tuple[str, str]:
-    """``"sha256:abcd..."`` -> ("sha256", "abcd..."); PermanentError(ConfigError) otherwise."""
-    algo, sep, digest = spec.partition(":")
-    algo = algo.strip().lower()
-    digest = digest.strip().lower()
-    if not sep or algo not in hashlib.algorithms_guaranteed or not digest:
-        raise PermanentError(
-            f"checksum {spec!r} is not valid; write <algorithm>:<hex digest>, e.g. sha256:<64 hex digits>",
-            reason=Reason.CONFIG_ERROR,
-        )
+    """``"sha256:abcd..."`` -> ("sha256", "abcd..."); PermanentError(ConfigError) otherwise.
+
+    The rule is :meth:`cdi.api.values.Checksum.parse`, the one admission applies.
+    """
     try:
-        int(digest, 16)
-    except ValueError:
-        raise PermanentError(
-            f"checksum digest {digest!r} is not hexadecimal", reason=Reason.CONFIG_ERROR
-        ) from None
-    return algo, digest
+        c = Checksum.parse(spec)
+    except ValidationError as e:
+        raise PermanentError(e.message, reason=Reason.CONFIG_ERROR) from None
+    return c.algorithm, c.digest
 
 
 def read_full(stream: Stream, size: int) -> bytes:

@@ -85,8 +85,10 @@ def test_qemu_img_progress_regex(data: bytes, pct: float | None) -> None:
 
 
 def test_parse_checksum() -> None:
-    assert streams.parse_checksum("SHA256:ABCD") == ("sha256", "abcd")
-    for bad in ("sha256", "nope:abcd", "sha256:xyz", "sha256:"):
+    assert streams.parse_checksum("SHA256:" + "AB" * 32) == ("sha256", "ab" * 32)
+    assert streams.parse_checksum("md5:" + "0" * 32) == ("md5", "0" * 32)
+    # the admission rule: four algorithms, their digest lengths
+    for bad in ("sha256", "nope:abcd", "sha256:xyz", "sha256:", "sha256:abcd", "sha3_256:" + "0" * 64):
         with pytest.raises(PermanentError) as e:
             streams.parse_checksum(bad)
         assert e.value.reason == Reason.CONFIG_ERROR
